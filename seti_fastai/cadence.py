@@ -1,0 +1,190 @@
+"""The Kaggle data layout: label CSVs, id -> file, loading and validating a cadence, cadence -> image.
+
+Knows nothing about fastai or torch: everything here is numpy and pandas.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from seti_fastai.errors import CadenceFileError, DataLayoutError, LabelFileError
+
+N_PANELS, N_TIMES, N_CHANNELS = 6, 273, 256
+CADENCE_SHAPE = (N_PANELS, N_TIMES, N_CHANNELS)
+ON_PANELS = (0, 2, 4)  # ABACAD: the target star is observed in panels 0, 2 and 4
+OFF_PANELS = (1, 3, 5)
+ALLOWED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
+
+Panels = Literal["on", "all"]
+Layout = Literal["stack", "channels"]
+SplitName = Literal["train", "test", "old-train", "old-test"]
+
+_HEX_ID = re.compile(r"^[0-9a-f]+$")
+
+
+@dataclass(frozen=True)
+class SplitLayout:
+    """Where one split's id list and cadence files live, relative to the data root."""
+
+    labels: str
+    folder: str
+    has_labels: bool
+
+
+SPLITS: dict[str, SplitLayout] = {
+    "train": SplitLayout("train_labels.csv", "train", True),
+    "test": SplitLayout("sample_submission.csv", "test", False),
+    "old-train": SplitLayout("old_leaky_data/train_labels_old.csv", "old_leaky_data/train_old", True),
+    "old-test": SplitLayout("old_leaky_data/test_labels_old.csv", "old_leaky_data/test_old", True),
+}
+
+
+def split_layout(split: str) -> SplitLayout:
+    """The layout of a split by name, or a clear error naming the valid ones."""
+    if split not in SPLITS:
+        raise DataLayoutError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    return SPLITS[split]
+
+
+def read_id_csv(path: Path | str, require_target: bool = True) -> pd.DataFrame:
+    """Read and validate a CSV with an `id` column (and a 0/1 `target` column when required).
+
+    Returns a frame with `id` (str) and, when present, `target` (int64), in file order.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LabelFileError(f"{path}: file not found")
+    try:
+        df = pd.read_csv(path, dtype={"id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise LabelFileError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from e
+    needed = ["id", "target"] if require_target else ["id"]
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise LabelFileError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, df.columns))}")
+    if len(df) == 0:
+        raise LabelFileError(f"{path}: no rows")
+    ids = df["id"]
+    for i, value in enumerate(ids):
+        if not isinstance(value, str) or not _HEX_ID.match(value):
+            raise LabelFileError(f"{path}: row {i + 2}: id {value!r} is not a lower-case hexadecimal string")
+    dup = ids.duplicated()
+    if dup.any():
+        i = int(np.flatnonzero(dup.to_numpy())[0])
+        raise LabelFileError(f"{path}: row {i + 2}: duplicate id {ids.iloc[i]}")
+    if not require_target:
+        return df[["id"]].reset_index(drop=True)
+    target = pd.to_numeric(df["target"], errors="coerce")
+    bad = ~target.isin([0, 1])
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise LabelFileError(f"{path}: row {i + 2}: target {df['target'].iloc[i]} is not 0 or 1")
+    df["target"] = target.astype(np.int64)
+    columns = ["id", "target"]
+    return df[columns].reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class KaggleData:
+    """A data root in the Kaggle layout (see data/README.md)."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+        if not self.root.is_dir():
+            raise DataLayoutError(f"{self.root}: data folder not found")
+
+    def labels_path(self, split: str) -> Path:
+        return self.root / split_layout(split).labels
+
+    def has_split(self, split: str) -> bool:
+        return self.labels_path(split).is_file()
+
+    def read_labels(self, split: str = "train") -> pd.DataFrame:
+        """The split's id list, validated; with `target` for labelled splits."""
+        return read_id_csv(self.labels_path(split), require_target=split_layout(split).has_labels)
+
+    def cadence_path(self, split: str, cadence_id: str) -> Path:
+        return self.root / split_layout(split).folder / cadence_id[0] / f"{cadence_id}.npy"
+
+    def paths(self, split: str, ids: list[str] | pd.Series) -> list[Path]:
+        return [self.cadence_path(split, i) for i in ids]
+
+    def check_files(self, split: str, ids: list[str] | pd.Series) -> None:
+        """Raise one error naming the first missing file (and how many are missing) of `ids`."""
+        missing = [p for p in self.paths(split, ids) if not p.is_file()]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise CadenceFileError(f"{missing[0]}: file not found, listed in {self.labels_path(split)}{more}")
+
+
+def load_cadence(path: Path | str) -> np.ndarray:
+    """Load one cadence file and validate it: shape (6, 273, 256), float16/float32, all finite.
+
+    Returns float32 (albumentations' OpenCV kernels reject float16).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CadenceFileError(f"{path}: file not found")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise CadenceFileError(f"{path}: not a readable .npy array ({e})") from e
+    if arr.shape != CADENCE_SHAPE:
+        raise CadenceFileError(f"{path}: shape {arr.shape}, expected {CADENCE_SHAPE}")
+    if arr.dtype not in ALLOWED_DTYPES:
+        raise CadenceFileError(f"{path}: dtype {arr.dtype}, expected float16 or float32")
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise CadenceFileError(f"{path}: {bad} NaN or infinite value(s)")
+    return arr.astype(np.float32, copy=False)
+
+
+def panel_indices(panels: Panels) -> tuple[int, ...]:
+    if panels == "on":
+        return ON_PANELS
+    if panels == "all":
+        return tuple(range(N_PANELS))
+    raise ValueError(f"panels must be 'on' or 'all', got {panels!r}")
+
+
+def standardize_panels(cadence: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Scale each panel to mean 0, std 1 (what the hosts did to every snippet)."""
+    mean = cadence.mean(axis=(-2, -1), keepdims=True)
+    std = cadence.std(axis=(-2, -1), keepdims=True)
+    return (cadence - mean) / (std + eps)
+
+
+def image_shape(panels: Panels = "on", layout: Layout = "stack") -> tuple[int, int, int]:
+    """(C, H, W) of the image `cadence_to_image` makes."""
+    n = len(panel_indices(panels))
+    if layout == "stack":
+        return (1, n * N_TIMES, N_CHANNELS)
+    if layout == "channels":
+        return (n, N_TIMES, N_CHANNELS)
+    raise ValueError(f"layout must be 'stack' or 'channels', got {layout!r}")
+
+
+def cadence_to_image(
+    cadence: np.ndarray, panels: Panels = "on", layout: Layout = "stack", standardize: bool = False
+) -> np.ndarray:
+    """Turn a (6, 273, 256) cadence into a float32 (C, H, W) image.
+
+    `panels`: "on" keeps panels 0, 2, 4; "all" keeps the six. `layout`: "stack" puts the panels one under the other
+    along time in one channel (819 x 256 or 1638 x 256); "channels" keeps one panel per channel.
+    """
+    chosen = cadence[list(panel_indices(panels))].astype(np.float32, copy=False)
+    if standardize:
+        chosen = standardize_panels(chosen)
+    if layout == "stack":
+        return np.ascontiguousarray(chosen.reshape(1, -1, chosen.shape[-1]))
+    if layout == "channels":
+        return np.ascontiguousarray(chosen)
+    raise ValueError(f"layout must be 'stack' or 'channels', got {layout!r}")

@@ -1,0 +1,29 @@
+"""Exceptions a user can cause. The CLI turns each into one line and a non-zero exit."""
+
+
+class SetiError(Exception):
+    """Base class for every error caused by user input (files, flags, configs)."""
+
+
+class LabelFileError(SetiError):
+    """A label or id CSV is missing, malformed, or holds bad rows."""
+
+
+class CadenceFileError(SetiError):
+    """A cadence `.npy` file is missing, of the wrong shape or dtype, or not finite."""
+
+
+class DataLayoutError(SetiError):
+    """A data folder does not follow the Kaggle layout."""
+
+
+class FoldError(SetiError):
+    """A fold file is inconsistent with the labels, or a fold index is out of range."""
+
+
+class ConfigError(SetiError):
+    """A configuration value or YAML file is invalid."""
+
+
+class RunDirError(SetiError):
+    """A run directory is missing files or cannot be used as asked."""

@@ -1,0 +1,27 @@
+"""Shared fixtures: small synthetic data sets made once per test session with a fixed seed."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import pytest
+
+from seti_fastai.synth import SynthConfig, write_synthetic
+
+SEED = 7
+
+
+@pytest.fixture(scope="session")
+def synth_cfg() -> SynthConfig:
+    return SynthConfig(
+        n_train=64, n_test=16, pos_rate=0.25, seed=SEED, old=True, n_old_train=24, n_old_test=8, difficulty="easy"
+    )
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory, synth_cfg):
+    """(data root, hidden folder) of a small synthetic set with the old data; read-only for tests."""
+    root = tmp_path_factory.mktemp("synth")
+    return write_synthetic(synth_cfg, root / "data", workers=2)

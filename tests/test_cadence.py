@@ -1,0 +1,150 @@
+"""The Kaggle data layer: label CSVs, paths, loading with validation, cadence -> image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from seti_fastai.cadence import (
+    CADENCE_SHAPE,
+    KaggleData,
+    cadence_to_image,
+    image_shape,
+    load_cadence,
+    read_id_csv,
+)
+from seti_fastai.errors import CadenceFileError, DataLayoutError, LabelFileError
+
+
+def test_synthetic_set_has_the_kaggle_layout(synth_data, synth_cfg):
+    root, hidden = synth_data
+    kaggle = KaggleData(root)
+    sizes = synth_cfg.split_sizes()
+    for split, id_length in [("train", 15), ("test", 15), ("old-train", 12), ("old-test", 12)]:
+        ids = kaggle.read_labels(split)["id"]
+        assert len(ids) == sizes[split]
+        assert ids.str.len().eq(id_length).all()
+        kaggle.check_files(split, ids)
+        raw = np.load(kaggle.cadence_path(split, ids.iloc[0]))
+        assert raw.dtype == np.float16 and raw.shape == CADENCE_SHAPE
+    assert (root / "train" / "0").is_dir() and (root / "test" / "f").is_dir()
+    submission = pd.read_csv(root / "sample_submission.csv")
+    assert list(submission.columns) == ["id", "target"]
+    hidden_labels = pd.read_csv(hidden / "test_labels.csv", dtype={"id": str})
+    assert hidden_labels["id"].tolist() == submission["id"].astype(str).tolist()
+    assert not (root / "test_labels.csv").exists(), "test labels must stay outside the data folder"
+
+
+def test_every_panel_is_standardised(synth_data):
+    root, _ = synth_data
+    kaggle = KaggleData(root)
+    cadence = load_cadence(kaggle.cadence_path("train", kaggle.read_labels()["id"].iloc[3]))
+    assert cadence.dtype == np.float32
+    np.testing.assert_allclose(cadence.mean(axis=(1, 2)), 0.0, atol=1e-2)
+    np.testing.assert_allclose(cadence.std(axis=(1, 2)), 1.0, atol=1e-2)
+
+
+def test_positive_share_matches_pos_rate(synth_data, synth_cfg):
+    labels = KaggleData(synth_data[0]).read_labels()
+    assert labels["target"].sum() == round(synth_cfg.n_train * synth_cfg.pos_rate)
+
+
+@pytest.mark.parametrize(
+    ("panels", "layout", "shape"),
+    [
+        ("on", "stack", (1, 819, 256)),
+        ("all", "stack", (1, 1638, 256)),
+        ("on", "channels", (3, 273, 256)),
+        ("all", "channels", (6, 273, 256)),
+    ],
+)
+def test_cadence_to_image_shapes(panels, layout, shape):
+    cadence = np.random.default_rng(0).normal(size=CADENCE_SHAPE).astype(np.float16)
+    image = cadence_to_image(cadence, panels, layout)
+    assert image.shape == shape == image_shape(panels, layout)
+    assert image.dtype == np.float32
+    if panels == "on" and layout == "stack":  # panel 2 (the second ON panel) sits in rows 273..545
+        np.testing.assert_array_equal(image[0, 273:546], cadence[2].astype(np.float32))
+
+
+def test_standardize_option_scales_each_panel():
+    rng = np.random.default_rng(1)
+    cadence = (rng.normal(size=CADENCE_SHAPE) * np.arange(1, 7)[:, None, None] + 5).astype(np.float32)
+    image = cadence_to_image(cadence, "all", "channels", standardize=True)
+    np.testing.assert_allclose(image.mean(axis=(1, 2)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(image.std(axis=(1, 2)), 1.0, atol=1e-4)
+
+
+# --- bad input: each is rejected with a message naming the file or row -------------------------------------
+
+
+def _write(tmp_path, text, name="labels.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name,target\nabc,0\n", "missing column(s) id"),
+        ("id,label\nabc,0\n", "missing column(s) target"),
+        ("id,target\nabc,0\nabd,1\nabc,1\n", "row 4: duplicate id abc"),
+        ("id,target\nabc,0\nabd,2\n", "row 3: target 2 is not 0 or 1"),
+        ("id,target\nabc,0\nabd,\n", "row 3: target nan is not 0 or 1"),
+        ("id,target\nab c,0\n", "row 2: id 'ab c' is not a lower-case hexadecimal string"),
+        ("id,target\n", "no rows"),
+    ],
+)
+def test_bad_label_csv_is_rejected(tmp_path, text, message):
+    path = _write(tmp_path, text)
+    with pytest.raises(LabelFileError) as err:
+        read_id_csv(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_missing_label_file_and_data_folder(tmp_path):
+    with pytest.raises(LabelFileError, match="file not found"):
+        read_id_csv(tmp_path / "nope.csv")
+    with pytest.raises(DataLayoutError, match="data folder not found"):
+        KaggleData(tmp_path / "missing")
+
+
+def test_listed_id_without_file_is_named(tmp_path):
+    kaggle = KaggleData(tmp_path)
+    with pytest.raises(CadenceFileError, match=r"train/a/abc\.npy: file not found.*\(and 1 more\)"):
+        kaggle.check_files("train", ["abc", "bcd"])
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.zeros((6, 273, 255), np.float16), "shape (6, 273, 255), expected (6, 273, 256)"),
+        (np.zeros((3, 273, 256), np.float32), "shape (3, 273, 256)"),
+        (np.zeros(CADENCE_SHAPE, np.float64), "dtype float64, expected float16 or float32"),
+        (np.zeros(CADENCE_SHAPE, np.int16), "dtype int16"),
+    ],
+)
+def test_bad_cadence_file_is_rejected(tmp_path, array, message):
+    path = tmp_path / "abc.npy"
+    np.save(path, array)
+    with pytest.raises(CadenceFileError) as err:
+        load_cadence(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_values_are_rejected(tmp_path, bad):
+    array = np.zeros(CADENCE_SHAPE, np.float16)
+    array[4, 100, 7] = bad
+    path = tmp_path / "abc.npy"
+    np.save(path, array)
+    with pytest.raises(CadenceFileError, match="1 NaN or infinite value"):
+        load_cadence(path)
+
+
+def test_unreadable_npy_is_rejected(tmp_path):
+    path = _write(tmp_path, "not numpy", "abc.npy")
+    with pytest.raises(CadenceFileError, match=r"not a readable \.npy array"):
+        load_cadence(path)

@@ -1,0 +1,95 @@
+"""The command line: each user error ends in one line on stderr and exit code 2; outputs are complete or absent."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from seti_fastai.cli import app
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def data_copy(synth_data, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(synth_data[0], root)
+    return root
+
+
+def test_synth_and_folds_commands(tmp_path):
+    out = tmp_path / "set"
+    result = run(
+        "synth",
+        out,
+        "--n-train",
+        40,
+        "--n-test",
+        8,
+        "--pos-rate",
+        0.2,
+        "--workers",
+        1,
+        "--preview",
+        tmp_path / "preview.png",
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "train_labels.csv").is_file() and (tmp_path / "set_hidden" / "test_labels.csv").is_file()
+    assert (tmp_path / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = run("folds", out)
+    assert result.exit_code == 0 and "wrote" in result.stdout and "pos_rate" in result.stdout
+    assert run("folds", out).stdout.startswith("reusing")
+    one_line_error(run("synth", out), "already exists")
+
+
+def test_folds_missing_data_folder(tmp_path):
+    one_line_error(run("folds", tmp_path / "nowhere"), "nowhere: data folder not found")
+
+
+def test_folds_listed_id_without_file(data_copy):
+    victim = next((data_copy / "train").rglob("*.npy"))
+    victim.unlink()
+    one_line_error(run("folds", data_copy), f"{victim}: file not found")
+    assert not list(data_copy.glob("folds_*.csv")), "no fold file is written when a file is missing"
+
+
+@pytest.mark.parametrize(
+    ("csv", "fragment"),
+    [
+        ("id,label\n", "missing column(s) target"),
+        ("id,target\naa,0\naa,1\n", "row 3: duplicate id aa"),
+        ("id,target\naa,0\nbb,3\n", "row 3: target 3 is not 0 or 1"),
+    ],
+)
+def test_folds_bad_label_csv(data_copy, csv, fragment):
+    (data_copy / "train_labels.csv").write_text(csv)
+    one_line_error(run("folds", data_copy), "train_labels.csv", fragment)
+
+
+def test_synth_bad_option(tmp_path):
+    one_line_error(run("synth", tmp_path / "x", "--difficulty", "insane"), "unknown difficulty 'insane'")
+    one_line_error(run("synth", tmp_path / "x", "--pos-rate", 1.5), "pos_rate must be in (0, 1)")
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_array_is_named(data_copy):
+    from seti_fastai.cadence import KaggleData, load_cadence
+    from seti_fastai.errors import CadenceFileError
+
+    path = next((data_copy / "train").rglob("*.npy"))
+    np.save(path, np.zeros((6, 273, 256), np.float64))
+    with pytest.raises(CadenceFileError, match="dtype float64"):
+        load_cadence(KaggleData(data_copy).cadence_path("train", path.stem))
