@@ -5,9 +5,12 @@ A user error (a `SetiError`, a file that already exists) ends in one line on std
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import os
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -117,6 +120,101 @@ def folds_cmd(
     folds, path, created = load_or_make_folds(labels, data, k=k, seed=seed, split=split)
     typer.echo(f"{'wrote' if created else 'reusing'} {path}")
     typer.echo(fold_summary(folds).to_string())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# training commands: every TrainConfig field is a flag; flags override --config YAML, which overrides defaults
+
+
+def _config_parameters() -> list[inspect.Parameter]:
+    from seti_fastai.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    params = []
+    for f in dataclasses.fields(TrainConfig):
+        hint = hints[f.name]
+        base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        flag = "--" + f.name.replace("_", "-")
+        if typing.get_origin(base) is list:
+            base, default = str, ",".join(map(str, default))
+        decls = [f"{flag}/--no-{flag[2:]}"] if base is bool else [flag]
+        option = typer.Option(*decls, help=f"{f.metadata.get('help', '')} [default: {default}]", show_default=False)
+        params.append(
+            inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[base | None, option]
+            )
+        )
+    return params
+
+
+CONFIG_FILE = inspect.Parameter(
+    "config", inspect.Parameter.KEYWORD_ONLY, default=None,
+    annotation=Annotated[Path | None, typer.Option(help="YAML file of config fields (flags override it).")],
+)  # fmt: skip
+QUIET = inspect.Parameter(
+    "quiet", inspect.Parameter.KEYWORD_ONLY, default=False,
+    annotation=Annotated[bool, typer.Option("--quiet", help="No progress bars or epoch table.")],
+)  # fmt: skip
+
+
+def config_command(name: str, *extra: inspect.Parameter) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register `func(cfg_overrides, config_file, **extra)` as a command taking every TrainConfig flag."""
+
+    def register(func: Callable[..., Any]) -> Callable[..., Any]:
+        extra_names = {p.name for p in extra} | {"config"}
+
+        def wrapper(**kwargs: Any) -> Any:
+            extras = {k: kwargs.pop(k) for k in extra_names}
+            return func(kwargs, **extras)
+
+        wrapper.__signature__ = inspect.Signature([CONFIG_FILE, *extra, *_config_parameters()])
+        wrapper.__doc__ = func.__doc__
+        return app.command(name)(user_errors(wrapper))
+
+    return register
+
+
+ALL_FOLDS = inspect.Parameter(
+    "all_folds", inspect.Parameter.KEYWORD_ONLY, default=False,
+    annotation=Annotated[bool, typer.Option("--all-folds", help="Train every fold in sequence (finetune stage).")],
+)  # fmt: skip
+
+
+@config_command("train", ALL_FOLDS, QUIET)
+def train_cmd(overrides: dict[str, Any], config: Path | None, all_folds: bool, quiet: bool) -> None:
+    """Train one fold (or --all-folds, or --stage pretrain) and write its run directory."""
+    from seti_fastai.config import build_config
+    from seti_fastai.train import train_fold
+
+    cfg = build_config(config, overrides)
+    folds = range(cfg.n_folds) if all_folds else [cfg.fold]
+    for fold in folds:
+        run_cfg = dataclasses.replace(cfg, fold=fold)
+        metrics = train_fold(run_cfg, quiet=quiet)
+        typer.echo(
+            f"{run_cfg.run_dir()}: best validation AUC {metrics['best_auc']:.4f} at epoch {metrics['best_epoch']}, "
+            f"{metrics['train_samples_per_s']:.0f} samples/s, {metrics['wall_seconds']:.0f} s"
+        )
+
+
+@config_command("lr-find", QUIET)
+def lr_find_cmd(overrides: dict[str, Any], config: Path | None, quiet: bool) -> None:
+    """Run fastai's lr_find on a run's data and model; save lr_find.png and lr_find.json in its run directory."""
+    from seti_fastai.config import build_config
+    from seti_fastai.train import run_lr_find
+
+    cfg = build_config(config, overrides)
+    result = run_lr_find(cfg, quiet=quiet)
+    shown = ", ".join(f"{k} {v:.2e}" for k, v in result["suggestions"].items() if v)
+    typer.echo(f"lr_find: {shown or 'no suggestion (curve too short)'}; saved {cfg.run_dir() / 'lr_find.png'}")
+    if result["suggested_lr"]:
+        typer.echo(f"suggested --lr {result['suggested_lr']:.2e}")
+
+
+def run_command(name: str) -> None:
+    """Entry point of the thin `scripts/<name>.py` wrappers: `python scripts/train.py ...` = `seti-fastai train ...`."""
+    app([name, *sys.argv[1:]], prog_name=f"{Path(sys.argv[0]).name}")
 
 
 def main() -> None:

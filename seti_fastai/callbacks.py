@@ -1,0 +1,160 @@
+"""Learner callbacks that fastai lacks, each small and with one job.
+
+- `EpochSeed`: reseeds every generator at the start of each epoch, so a resumed run repeats an uninterrupted one.
+- `MixUpOr`: mixup with a per-batch probability and the OR (max) label rule of the top teams.
+- `ProgressiveResize`: the model input size of each epoch.
+- `AugmentationOff`: no augmentation and no mixup for the last k epochs.
+- `RunRecorder`: writes the run directory (history.csv, model.pth, last.pth) after each finished epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from fastai.callback.core import Callback
+from fastai.torch_core import set_seed
+
+from seti_fastai.io import atomic_path, atomic_write_csv
+from seti_fastai.transforms import AlbumentationsTransform
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919) % 2**31
+
+
+class EpochSeed(Callback):
+    """Set python, numpy and torch seeds (and the training DataLoader's shuffler) from (seed, epoch)."""
+
+    order = -20  # before everything that draws random numbers
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def before_epoch(self) -> None:
+        s = epoch_seed(self.seed, self.epoch)
+        set_seed(s)
+        self.dls.train.rng = random.Random(s)
+
+
+class MixUpOr(Callback):
+    """Mixup on a share `p` of training batches: x = lam * x + (1 - lam) * x[perm], lam ~ Beta(alpha, alpha).
+
+    The label is `max(y, y[perm])` (a needle in either image makes a needle) or the weighted mean (`lerp`).
+    fastai's `MixUp` mixes the loss only for integer targets; here targets are float and mixed directly.
+    """
+
+    run_valid = False
+    order = 10
+
+    def __init__(self, alpha: float = 1.0, p: float = 0.5, label: str = "max"):
+        if label not in ("max", "lerp"):
+            raise ValueError(f"label must be 'max' or 'lerp', got {label!r}")
+        self.alpha, self.p, self.label, self.enabled = alpha, p, label, True
+
+    def before_batch(self) -> None:
+        if not self.enabled or self.p <= 0 or torch.rand(()).item() >= self.p:
+            return
+        x, y = self.xb[0], self.yb[0]
+        lam = torch.distributions.Beta(self.alpha, self.alpha).sample((x.shape[0],)).to(x.device)
+        perm = torch.randperm(x.shape[0], device=x.device)
+        lam_x = lam.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+        mixed_x = x * lam_x + x[perm] * (1 - lam_x)
+        mixed_y = torch.maximum(y, y[perm]) if self.label == "max" else y * lam + y[perm] * (1 - lam)
+        self.learn.xb, self.learn.yb = (mixed_x,), (mixed_y,)
+
+
+class ProgressiveResize(Callback):
+    """Set the model's input size for each epoch from a schedule (one size per epoch)."""
+
+    order = -5
+
+    def __init__(self, sizes: list[int]):
+        self.sizes = sizes
+
+    def before_epoch(self) -> None:
+        size = self.sizes[min(self.epoch, len(self.sizes) - 1)]
+        self.learn.model.set_size(size)
+
+
+class AugmentationOff(Callback):
+    """Switch the training augmentations (and mixup) off for the last `last` epochs."""
+
+    order = -5
+
+    def __init__(self, last: int):
+        self.last = last
+
+    def before_epoch(self) -> None:
+        on = self.epoch < self.n_epoch - self.last
+        for tfm in self.dls.train.after_item.fs:
+            if isinstance(tfm, AlbumentationsTransform):
+                tfm.enabled = on
+        for cb in self.learn.cbs:
+            if isinstance(cb, MixUpOr):
+                cb.enabled = on
+
+
+class RunRecorder(Callback):
+    """After each finished epoch: append to history.csv, save model.pth when validation AUC improves, and save
+    last.pth (model, optimizer, epoch, best) so an interrupted run can go on with `--resume`.
+
+    Epochs skipped on resume (fastai's `SkipToEpoch`) are not recorded again.
+    """
+
+    order = 65  # after Recorder has the epoch's metrics, after SkipToEpoch decides
+
+    def __init__(
+        self, run_dir: Path, best: float = -math.inf, best_epoch: int = -1, history: pd.DataFrame | None = None
+    ):
+        self.run_dir, self.best, self.best_epoch = Path(run_dir), best, best_epoch
+        self.rows = [] if history is None else history.to_dict("records")
+        self._trained = False
+
+    def before_epoch(self) -> None:
+        self._trained, self._start = False, time.perf_counter()
+
+    def before_train(self) -> None:
+        self._trained = True
+        self._n_train = 0
+
+    def after_batch(self) -> None:
+        if self.training:
+            self._n_train += self.xb[0].shape[0]
+
+    def after_epoch(self) -> None:
+        if not self._trained:
+            return
+        names = self.recorder.metric_names[1:-1]  # drop "epoch" and "time"
+        values = dict(zip(names, self.recorder.log[1 : 1 + len(names)], strict=True))
+        seconds = time.perf_counter() - self._start
+        auc = float(values.get("roc_auc", float("nan")))
+        row = dict(
+            epoch=self.epoch,
+            train_loss=float(values["train_loss"]),
+            valid_loss=float(values["valid_loss"]),
+            roc_auc=auc,
+            lr=float(self.opt.hypers[-1]["lr"]),
+            size=self.learn.model.size[0],
+            seconds=round(seconds, 2),
+            train_samples_per_s=round(self._n_train / seconds, 2),
+        )
+        self.rows.append(row)
+        atomic_write_csv(pd.DataFrame(self.rows), self.run_dir / "history.csv")
+        if not math.isnan(auc) and auc > self.best:
+            self.best, self.best_epoch = auc, self.epoch
+            with atomic_path(self.run_dir / "model.pth") as tmp:
+                torch.save(self.learn.model.state_dict(), tmp)
+        checkpoint = dict(
+            model=self.learn.model.state_dict(),
+            opt=self.opt.state_dict(),
+            epoch=self.epoch,
+            best=self.best,
+            best_epoch=self.best_epoch,
+        )
+        with atomic_path(self.run_dir / "last.pth") as tmp:
+            torch.save(checkpoint, tmp)

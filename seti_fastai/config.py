@@ -1,0 +1,205 @@
+"""The training configuration: one typed dataclass, code defaults < YAML file < command-line flags.
+
+The resolved configuration is saved as `config.yaml` in every run directory; loading it back reproduces the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from seti_fastai.errors import ConfigError
+
+PANELS = ("on", "all")
+LAYOUTS = ("stack", "channels")
+HEADS = ("bce", "ce")
+STAGES = ("finetune", "pretrain")
+MIXUP_LABELS = ("max", "lerp")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def opt(default: Any, help: str) -> Any:
+    """A config field with its help text (the `--help` of the matching command-line flag)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; each field is also a command-line flag (`--field-name`)."""
+
+    # data
+    data: str = opt("data", "data root in the Kaggle layout")
+    out: str = opt("runs", "runs are written to OUT/NAME/fold<k> (or OUT/NAME/pretrain)")
+    name: str = opt("exp", "experiment name")
+    stage: str = opt("finetune", "finetune: train/ by fold; pretrain: old_leaky_data, validated on test_old")
+    fold: int = opt(0, "validation fold (finetune stage)")
+    n_folds: int = opt(4, "number of stratified folds")
+    fold_seed: int = opt(42, "seed of the fold split (the fold CSV is reused once written)")
+    panels: str = opt("on", "on: panels 0, 2, 4; all: the six panels")
+    layout: str = opt("stack", "stack: panels one under the other in one channel; channels: one panel per channel")
+    standardize: bool = opt(False, "re-standardise each panel on load (the Kaggle files already are)")
+    pos_share: float | None = opt(0.25, "share of positives per training batch (weighted sampling); 0: plain shuffling")
+    workers: int = opt(min(8, os.cpu_count() or 1), "DataLoader worker processes")
+    # model
+    arch: str = opt("efficientnetv2_s", "any timm architecture name")
+    pretrained: bool = opt(False, "ask timm for ImageNet weights (needs the network)")
+    pretrained_weights: str | None = opt(None, "local weight file for the backbone (no network)")
+    drop_rate: float = opt(0.2, "dropout before the classifier")
+    drop_path_rate: float = opt(0.1, "stochastic depth, where the architecture supports it")
+    resizer: bool = opt(True, "learned resizing network (Talebi & Milanfar 2021) in front of the backbone")
+    head: str = opt("bce", "bce: 1 logit + BCE with logits; ce: 2 logits + cross-entropy")
+    pos_weight: float | None = opt(None, "positive-class weight of the loss (the seed's weighted CE)")
+    # schedule
+    epochs: int = opt(20, "training epochs (one-cycle schedule)")
+    lr: float = opt(1e-3, "peak one-cycle learning rate of the head (and resizer)")
+    body_lr_mult: float = opt(1.0, "the backbone's learning rate is lr * body_lr_mult (discriminative rates)")
+    wd: float = opt(1e-2, "weight decay")
+    pct_start: float = opt(0.25, "share of the one-cycle schedule spent warming up")
+    bs: int = opt(32, "batch size")
+    size: list[int] = opt([512], "model input size; a comma list (128,256) is a progressive-resizing schedule")
+    # augmentation (training split only)
+    freq_flip_p: float = opt(0.5, "probability of a frequency flip (the seed's vflip)")
+    affine_p: float = opt(0.5, "probability of a shift/scale (no rotation)")
+    motion_blur_p: float = opt(0.5, "probability of motion blur")
+    spec_augment_p: float = opt(0.5, "probability of SpecAugment (a random time band and frequency band zeroed)")
+    spec_alpha: float = opt(0.1, "largest band, as a share of the image height or width")
+    mixup_p: float = opt(0.5, "share of training batches mixed")
+    mixup_alpha: float = opt(1.0, "Beta(alpha, alpha) mixing weights")
+    mixup_label: str = opt("max", "max: OR of the two labels (top teams); lerp: weighted mean")
+    aug_off_last: int = opt(0, "switch augmentation and mixup off for the last k epochs")
+    # run
+    seed: int = opt(42, "seed of weights, sampling, augmentation and mixup")
+    init_from: str | None = opt(None, "run directory whose model.pth starts this run (same architecture)")
+    resume: bool = opt(False, "go on from the last finished epoch of an interrupted run")
+    precision: str = opt("auto", "auto: bf16 (or fp16) on CUDA, fp32 on CPU")
+    lr_find_iters: int = opt(100, "iterations of lr-find")
+
+    def validate(self) -> TrainConfig:
+        """Raise `ConfigError` naming the first bad value; return self."""
+
+        def choose(name: str, options: tuple[str, ...]) -> None:
+            if getattr(self, name) not in options:
+                raise ConfigError(f"{name} must be one of {', '.join(options)}; got {getattr(self, name)!r}")
+
+        choose("panels", PANELS)
+        choose("layout", LAYOUTS)
+        choose("head", HEADS)
+        choose("stage", STAGES)
+        choose("mixup_label", MIXUP_LABELS)
+        choose("precision", PRECISIONS)
+        if not self.size or any(s < 32 for s in self.size):
+            raise ConfigError(f"size must be one or more sizes of at least 32; got {self.size}")
+        if len(self.size) > self.epochs:
+            raise ConfigError(f"size schedule has {len(self.size)} sizes for {self.epochs} epochs")
+        positive = {"epochs": self.epochs, "bs": self.bs, "lr": self.lr, "n_folds": self.n_folds - 1}
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive; got {getattr(self, name)}")
+        if self.pos_share is not None and not 0.0 < self.pos_share < 1.0:
+            raise ConfigError(f"pos_share must be in (0, 1) or empty; got {self.pos_share}")
+        for name in ("freq_flip_p", "affine_p", "motion_blur_p", "spec_augment_p", "mixup_p", "pct_start"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1]; got {getattr(self, name)}")
+        if self.workers < 0 or self.aug_off_last < 0 or self.mixup_alpha <= 0:
+            raise ConfigError("workers and aug_off_last must be >= 0, mixup_alpha > 0")
+        return self
+
+    def size_schedule(self) -> list[int]:
+        """The input size of each epoch: the sizes share the epochs evenly, the last size taking the remainder."""
+        per = self.epochs // len(self.size)
+        sizes = [s for s in self.size[:-1] for _ in range(per)]
+        return sizes + [self.size[-1]] * (self.epochs - len(sizes))
+
+    def run_dir(self) -> Path:
+        leaf = "pretrain" if self.stage == "pretrain" else f"fold{self.fold}"
+        return Path(self.out) / self.name / leaf
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Check (and gently convert) one value against the field's type hint."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    optional = isinstance(hint, types.UnionType) and type(None) in hint.__args__
+    if name == "pos_share" and value == 0:
+        value = None
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{name} cannot be empty")
+    base = next(a for a in hint.__args__ if a is not type(None)) if optional else hint
+    if typing.get_origin(base) is list:
+        items = value if isinstance(value, list) else str(value).split(",")
+        try:
+            return [int(v) for v in items]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a list of integers; got {value!r}") from None
+    if base is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false; got {value!r}")
+        return value
+    if base in (int, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{name} must be a number; got {value!r}")
+        if base is int and float(value) != int(value):
+            raise ConfigError(f"{name} must be an integer; got {value!r}")
+        return base(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string; got {value!r}")
+    return value
+
+
+def read_yaml(path: Path | str) -> dict[str, Any]:
+    """A YAML mapping of config fields, checked for unknown keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of config fields")
+    unknown = sorted(set(raw) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown config field(s) {', '.join(unknown)}")
+    return raw
+
+
+def build_config(yaml_path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Code defaults, then the YAML file, then `overrides` (None values mean "not given")."""
+    values: dict[str, Any] = {}
+    if yaml_path is not None:
+        values.update(read_yaml(yaml_path))
+    for key, value in (overrides or {}).items():
+        if key not in _FIELDS:
+            raise ConfigError(f"unknown config field {key}")
+        if value is not None:
+            values[key] = value
+    cfg = TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
+    return cfg.validate()
+
+
+def save_config(cfg: TrainConfig, path: Path | str) -> Path:
+    from seti_fastai.io import atomic_write_text
+
+    return atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def load_run_config(run_dir: Path | str) -> TrainConfig:
+    """The configuration saved in a run directory."""
+    path = Path(run_dir) / "config.yaml"
+    return build_config(path)

@@ -1,0 +1,83 @@
+"""The DataBlock: which cadences train and validate a run, weighted sampling, and test DataLoaders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from fastai.callback.data import WeightedDL  # noqa: F401  (patches DataBlock.weighted_dataloaders)
+from fastai.data.block import DataBlock, TransformBlock
+from fastai.data.core import DataLoaders, TfmdDL
+from fastai.data.transforms import ColReader, ColSplitter
+
+from seti_fastai.cadence import KaggleData, image_shape
+from seti_fastai.config import TrainConfig
+from seti_fastai.errors import DataLayoutError
+from seti_fastai.folds import check_fold, load_or_make_folds
+from seti_fastai.transforms import CadenceLoader, to_float_target, train_transforms
+
+
+def _with_paths(kaggle: KaggleData, split: str, df: pd.DataFrame) -> pd.DataFrame:
+    kaggle.check_files(split, df["id"])
+    return df.assign(path=[str(p) for p in kaggle.paths(split, df["id"])])
+
+
+def training_items(cfg: TrainConfig) -> pd.DataFrame:
+    """`id, target, path, is_valid` for the run's stage.
+
+    finetune: train/ with the validation fold from the fold CSV (made once, then reused);
+    pretrain: all of old_leaky_data/train_old for training, test_old (labelled) for validation.
+    """
+    kaggle = KaggleData(cfg.data)
+    if cfg.stage == "pretrain":
+        for split in ("old-train", "old-test"):
+            if not kaggle.has_split(split):
+                raise DataLayoutError(f"{kaggle.labels_path(split)}: file not found (pretraining needs old_leaky_data)")
+        train = _with_paths(kaggle, "old-train", kaggle.read_labels("old-train")).assign(is_valid=False)
+        valid = _with_paths(kaggle, "old-test", kaggle.read_labels("old-test")).assign(is_valid=True)
+        return pd.concat([train, valid], ignore_index=True)
+    labels = kaggle.read_labels("train")
+    folds, _, _ = load_or_make_folds(labels, kaggle.root, k=cfg.n_folds, seed=cfg.fold_seed)
+    check_fold(folds, cfg.fold)
+    items = _with_paths(kaggle, "train", folds)
+    return items.assign(is_valid=items["fold"] == cfg.fold).drop(columns="fold")
+
+
+def sample_weights(targets: np.ndarray, pos_share: float) -> np.ndarray:
+    """Per-item weights so that a weighted draw yields positives with probability `pos_share`."""
+    targets = np.asarray(targets)
+    n_pos = int(targets.sum())
+    n_neg = len(targets) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return np.ones(len(targets))
+    return np.where(targets == 1, pos_share / n_pos, (1 - pos_share) / n_neg)
+
+
+def data_block(cfg: TrainConfig) -> DataBlock:
+    _, h, w = image_shape(cfg.panels, cfg.layout)
+    return DataBlock(
+        blocks=(TransformBlock(type_tfms=CadenceLoader(cfg.panels, cfg.layout, cfg.standardize)),
+                TransformBlock(type_tfms=to_float_target)),
+        get_x=ColReader("path"),
+        get_y=ColReader("target"),
+        splitter=ColSplitter("is_valid"),
+        item_tfms=train_transforms(cfg, (h, w)),
+    )  # fmt: skip
+
+
+def get_dls(cfg: TrainConfig, items: pd.DataFrame | None = None, bs: int | None = None, device=None) -> DataLoaders:
+    """Train/valid DataLoaders. With `cfg.pos_share`, training batches are drawn with replacement so that the
+    minority class makes up about that share of each batch."""
+    items = training_items(cfg) if items is None else items
+    block = data_block(cfg)
+    kwargs = dict(bs=bs or cfg.bs, num_workers=cfg.workers, device=device)
+    if cfg.pos_share is None:
+        return block.dataloaders(items, **kwargs)
+    weights = sample_weights(items["target"].to_numpy(), cfg.pos_share)
+    return block.weighted_dataloaders(items, weights, **kwargs)
+
+
+def test_dl(dls: DataLoaders, paths: list[str], bs: int | None = None, num_workers: int | None = None) -> TfmdDL:
+    """An unlabelled, un-augmented DataLoader over cadence files, in the given order."""
+    items = pd.DataFrame({"path": [str(p) for p in paths]})
+    kwargs = {} if num_workers is None else {"num_workers": num_workers}
+    return dls.test_dl(items, bs=bs or dls.valid.bs, **kwargs)

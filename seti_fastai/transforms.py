@@ -1,0 +1,126 @@
+"""fastai Transforms: loading a cadence as an image, the albumentations recipe, SpecAugment.
+
+Image orientation everywhere: height = time (panels stacked), width = frequency. The seed's "vflip" flipped the
+frequency axis of images drawn with frequency vertical; here that is `A.HorizontalFlip`. A time flip is not
+used for training: with `panels=all` it would move ON panels into OFF slots and change the label's meaning.
+"""
+
+from __future__ import annotations
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from fastai.data.transforms import DisplayedTransform
+from fastai.torch_core import TensorImage
+
+from seti_fastai.cadence import Layout, Panels, cadence_to_image, load_cadence
+
+
+class CadenceLoader(DisplayedTransform):
+    """Path of a `.npy` cadence -> float32 `TensorImage` (C, H, W), validated on the way."""
+
+    def __init__(self, panels: Panels = "on", layout: Layout = "stack", standardize: bool = False):
+        super().__init__()
+        self.panels, self.layout, self.standardize = panels, layout, standardize
+
+    def encodes(self, path) -> TensorImage:
+        image = cadence_to_image(load_cadence(path), self.panels, self.layout, self.standardize)
+        return TensorImage(torch.from_numpy(image))
+
+
+def to_float_target(target) -> torch.Tensor:
+    """0/1 label -> float32 scalar tensor, so mixup can blend it and BCE can use it."""
+    return torch.tensor(float(target), dtype=torch.float32)
+
+
+class AlbumentationsTransform(DisplayedTransform):
+    """Apply an albumentations pipeline to a (C, H, W) float `TensorImage`, on the training split only.
+
+    - Reseeded whenever `torch.initial_seed()` changes: fastai seeds every DataLoader worker (and `EpochSeed`
+      the main process) through torch, while albumentations 2.0.8 keeps one generator per pipeline, copied
+      unchanged into each worker; without this every worker would repeat the same augmentations.
+    - Works in [0, 1] space: albumentations' blur and noise kernels clip float images to [0, 1], which would
+      destroy standardised spectrograms; the image is scaled there and back (a linear map, so nothing is lost).
+    - `enabled` switches it off (the `AugmentationOff` callback does so for the last epochs).
+    """
+
+    split_idx = 0  # training set only
+
+    def __init__(self, pipeline: A.BasicTransform, rescale: bool = True, order: int = 5):
+        super().__init__(order=order)
+        self.pipeline, self.rescale, self.enabled = pipeline, rescale, True
+        self._seeded_with: int | None = None
+
+    def _reseed(self) -> None:
+        seed = torch.initial_seed() % 2**32
+        if seed != self._seeded_with:
+            self.pipeline.set_random_seed(seed)
+            self._seeded_with = seed
+
+    def encodes(self, x: TensorImage) -> TensorImage:
+        if not self.enabled:
+            return x
+        self._reseed()
+        image = np.ascontiguousarray(x.numpy().transpose(1, 2, 0), dtype=np.float32)  # HWC
+        lo, hi = float(image.min()), float(image.max())
+        scale = hi - lo if hi > lo else 1.0
+        if self.rescale:
+            image = (image - lo) / scale
+        out = self.pipeline(image=image)["image"]
+        if out.ndim == 2:
+            out = out[:, :, None]
+        if self.rescale:
+            out = out * scale + lo
+        return TensorImage(torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)))
+
+
+def recipe_pipeline(freq_flip_p: float = 0.5, affine_p: float = 0.5, motion_blur_p: float = 0.5) -> A.Compose:
+    """The seed's augmentations: frequency flip, shift/scale (no rotation), motion blur; each with its own p."""
+    return A.Compose(
+        [
+            A.HorizontalFlip(p=freq_flip_p),  # width is frequency
+            A.Affine(
+                translate_percent={"x": (-0.1, 0.1), "y": (-0.05, 0.05)},
+                scale=(0.9, 1.1),
+                rotate=0,
+                border_mode=cv2.BORDER_REFLECT_101,
+                p=affine_p,
+            ),
+            A.MotionBlur(blur_limit=(3, 7), p=motion_blur_p),
+        ]
+    )
+
+
+def spec_augment_pipeline(height: int, width: int, alpha: float = 0.1, p: float = 0.5) -> A.Compose:
+    """SpecAugment as in the seed: one time band and one frequency band, each up to `alpha` of the axis, set to 0.
+
+    albumentations' `XYMasking` does exactly this; counts are given as (1, 1) because a bare int means a range
+    starting at 0 (STACK_NOTES.md, pitfall 4).
+    """
+    return A.Compose(
+        [
+            A.XYMasking(
+                num_masks_x=(1, 1),
+                num_masks_y=(1, 1),
+                mask_x_length=(0, max(1, int(alpha * width))),
+                mask_y_length=(0, max(1, int(alpha * height))),
+                fill=0,
+                p=p,
+            )
+        ]
+    )
+
+
+def train_transforms(cfg, image_hw: tuple[int, int]) -> list[AlbumentationsTransform]:
+    """The training-only item transforms of a config: the recipe pipeline, then SpecAugment."""
+    tfms = []
+    if max(cfg.freq_flip_p, cfg.affine_p, cfg.motion_blur_p) > 0:
+        tfms.append(AlbumentationsTransform(recipe_pipeline(cfg.freq_flip_p, cfg.affine_p, cfg.motion_blur_p), order=5))
+    if cfg.spec_augment_p > 0:
+        tfms.append(
+            AlbumentationsTransform(
+                spec_augment_pipeline(*image_hw, cfg.spec_alpha, cfg.spec_augment_p), rescale=False, order=6
+            )
+        )
+    return tfms
