@@ -14,6 +14,7 @@ import random
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from fastai.callback.core import Callback
@@ -21,6 +22,27 @@ from fastai.torch_core import set_seed
 
 from seti_fastai.io import atomic_path, atomic_write_csv
 from seti_fastai.transforms import AlbumentationsTransform
+
+
+def _plain(value):
+    if isinstance(value, np.generic):  # before float: np.float64 is a float subclass torch will not unpickle
+        return value.item()
+    if isinstance(value, torch.Tensor | bool | int | float | str | None):
+        return value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return [_plain(v) for v in value]  # lists, tuples, fastcore's L
+
+
+def plain_opt_state(opt) -> dict:
+    """A fastai optimizer's state as plain lists, dicts and tensors, loadable with `weights_only=True`."""
+    return _plain(dict(opt.state_dict()))
+
+
+def load_opt_state(opt, state: dict) -> None:
+    from fastcore.foundation import L
+
+    opt.load_state_dict({"state": state["state"], "hypers": L(state["hypers"])})
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -119,12 +141,17 @@ class RunRecorder(Callback):
         self._trained, self._start = False, time.perf_counter()
 
     def before_train(self) -> None:
-        self._trained = True
-        self._n_train = 0
+        self._trained, self._train_start = True, time.perf_counter()
+        self._n_train, self._loss_sum = 0, 0.0
+
+    def after_train(self) -> None:
+        self._train_seconds = time.perf_counter() - self._train_start
 
     def after_batch(self) -> None:
         if self.training:
-            self._n_train += self.xb[0].shape[0]
+            n = self.xb[0].shape[0]
+            self._n_train += n
+            self._loss_sum += self.loss.item() * n
 
     def after_epoch(self) -> None:
         if not self._trained:
@@ -135,13 +162,13 @@ class RunRecorder(Callback):
         auc = float(values.get("roc_auc", float("nan")))
         row = dict(
             epoch=self.epoch,
-            train_loss=float(values["train_loss"]),
+            train_loss=self._loss_sum / max(self._n_train, 1),  # the epoch's mean, not fastai's smoothed loss
             valid_loss=float(values["valid_loss"]),
             roc_auc=auc,
             lr=float(self.opt.hypers[-1]["lr"]),
             size=self.learn.model.size[0],
             seconds=round(seconds, 2),
-            train_samples_per_s=round(self._n_train / seconds, 2),
+            train_samples_per_s=round(self._n_train / self._train_seconds, 2),
         )
         self.rows.append(row)
         atomic_write_csv(pd.DataFrame(self.rows), self.run_dir / "history.csv")
@@ -151,7 +178,7 @@ class RunRecorder(Callback):
                 torch.save(self.learn.model.state_dict(), tmp)
         checkpoint = dict(
             model=self.learn.model.state_dict(),
-            opt=self.opt.state_dict(),
+            opt=plain_opt_state(self.opt),
             epoch=self.epoch,
             best=self.best,
             best_epoch=self.best_epoch,

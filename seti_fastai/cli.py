@@ -10,6 +10,7 @@ import functools
 import inspect
 import os
 import sys
+import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -133,7 +134,8 @@ def _config_parameters() -> list[inspect.Parameter]:
     params = []
     for f in dataclasses.fields(TrainConfig):
         hint = hints[f.name]
-        base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+        optional = isinstance(hint, types.UnionType)
+        base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         flag = "--" + f.name.replace("_", "-")
         if typing.get_origin(base) is list:

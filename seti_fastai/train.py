@@ -21,7 +21,14 @@ from fastai.learner import Learner
 from fastai.torch_core import set_seed
 
 from seti_fastai.cadence import image_shape
-from seti_fastai.callbacks import AugmentationOff, EpochSeed, MixUpOr, ProgressiveResize, RunRecorder
+from seti_fastai.callbacks import (
+    AugmentationOff,
+    EpochSeed,
+    MixUpOr,
+    ProgressiveResize,
+    RunRecorder,
+    load_opt_state,
+)
 from seti_fastai.config import TrainConfig, load_run_config, save_config
 from seti_fastai.data import get_dls, training_items
 from seti_fastai.errors import ConfigError, RunDirError
@@ -141,7 +148,7 @@ def train_fold(cfg: TrainConfig, quiet: bool = False, cbs: list | None = None) -
     if checkpoint is not None:
         learn.model.load_state_dict(checkpoint["model"])
         learn.create_opt()
-        learn.opt.load_state_dict(checkpoint["opt"])
+        load_opt_state(learn.opt, checkpoint["opt"])
         start_epoch = int(checkpoint["epoch"]) + 1
         history = pd.read_csv(run_dir / "history.csv").iloc[:start_epoch]
         recorder = RunRecorder(run_dir, checkpoint["best"], int(checkpoint["best_epoch"]), history)

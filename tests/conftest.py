@@ -25,3 +25,28 @@ def synth_data(tmp_path_factory, synth_cfg):
     """(data root, hidden folder) of a small synthetic set with the old data; read-only for tests."""
     root = tmp_path_factory.mktemp("synth")
     return write_synthetic(synth_cfg, root / "data", workers=2)
+
+
+@pytest.fixture(scope="session")
+def bright_data(tmp_path_factory):
+    """A small set with bright needles and no decoys: a tiny model must learn it in seconds."""
+    root = tmp_path_factory.mktemp("bright")
+    cfg = SynthConfig(n_train=240, n_test=40, pos_rate=0.3, seed=11, brightness=(3.0, 8.0), decoy_rate=0.0)
+    return write_synthetic(cfg, root / "data", workers=2)
+
+
+def tiny_overrides(data, out, **extra):
+    """Config overrides for a fast CPU run: tiny model, small input, no workers."""
+    values = dict(
+        data=str(data),
+        out=str(out),
+        arch="test_efficientnet",
+        size="64",
+        epochs=1,
+        bs=8,
+        workers=0,
+        resizer=False,
+        lr=1e-2,
+    )
+    values.update(extra)
+    return values

@@ -93,3 +93,101 @@ def test_bad_array_is_named(data_copy):
     np.save(path, np.zeros((6, 273, 256), np.float64))
     with pytest.raises(CadenceFileError, match="dtype float64"):
         load_cadence(KaggleData(data_copy).cadence_path("train", path.stem))
+
+
+# --- training commands -----------------------------------------------------------------------------------------
+
+TINY = [
+    "--arch",
+    "test_efficientnet",
+    "--size",
+    "64",
+    "--epochs",
+    "1",
+    "--bs",
+    "8",
+    "--workers",
+    "0",
+    "--no-resizer",
+    "--quiet",
+]
+
+
+def test_train_command_writes_a_run(synth_data, tmp_path):
+    result = run("train", "--data", synth_data[0], "--out", tmp_path, *TINY)
+    assert result.exit_code == 0, result.output
+    assert "best validation AUC" in result.stdout and (tmp_path / "exp" / "fold0" / "metrics.json").is_file()
+
+
+def test_train_flags_override_the_yaml(synth_data, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("epochs: 5\nname: fromyaml\nmixup_p: 0.0\n")
+    result = run("train", "--config", config, "--data", synth_data[0], "--out", tmp_path, *TINY)
+    assert result.exit_code == 0, result.output
+    saved = (tmp_path / "fromyaml" / "fold0" / "config.yaml").read_text()
+    assert "epochs: 1\n" in saved and "mixup_p: 0.0\n" in saved
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--arch", "efficientnetv2_mm"], "unknown architecture 'efficientnetv2_mm'; did you mean"),
+        (["--fold", "7"], "fold 7 is out of range: the fold file has folds 0..3"),
+        (["--panels", "some"], "panels must be one of on, all"),
+        (["--size", "64,x"], "size must be a list of integers"),
+    ],
+)
+def test_train_bad_flags(synth_data, tmp_path, args, fragment):
+    one_line_error(run("train", "--data", synth_data[0], "--out", tmp_path, *TINY, *args), fragment)
+    assert not list(tmp_path.rglob("model.pth"))
+
+
+def test_train_missing_data(tmp_path):
+    one_line_error(run("train", "--data", tmp_path / "nowhere", "--out", tmp_path, *TINY), "data folder not found")
+
+
+def test_train_single_class_fold(data_copy, tmp_path):
+    import pandas as pd
+
+    assert run("folds", data_copy).exit_code == 0
+    path = data_copy / "folds_train_k4_seed42.csv"
+    folds = pd.read_csv(path, dtype={"id": str})
+    folds.loc[(folds["fold"] == 1) & (folds["target"] == 1), "fold"] = 0  # fold 1 keeps negatives only
+    folds.to_csv(path, index=False)
+    one_line_error(
+        run("train", "--data", data_copy, "--out", tmp_path, *TINY, "--fold", 1),
+        "fold 1: validation set holds one class only",
+    )
+
+
+def test_train_init_from_other_architecture(synth_data, tmp_path):
+    assert run("train", "--data", synth_data[0], "--out", tmp_path, "--name", "src", *TINY).exit_code == 0
+    result = run(
+        "train",
+        "--data",
+        synth_data[0],
+        "--out",
+        tmp_path,
+        *TINY,
+        "--arch",
+        "resnet18",
+        "--init-from",
+        tmp_path / "src" / "fold0",
+    )
+    one_line_error(result, "trained as test_efficientnet, this run is resnet18")
+
+
+def test_scripts_train_py_is_the_same_command(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
+    proc = subprocess.run(
+        [sys.executable, script, "--arch", "efficientnetv2_mm", "--data", tmp_path],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown architecture 'efficientnetv2_mm'")

@@ -1,0 +1,74 @@
+"""Models: any timm name, the resize stage, the learned resizer, size in the state dict, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seti_fastai.config import build_config
+from seti_fastai.errors import ConfigError
+from seti_fastai.heads import SetiLoss, log_odds, roc_auc
+from seti_fastai.models import LearnedResizer, build_model, check_arch, create_backbone, param_groups
+
+
+@pytest.mark.parametrize(("head", "n_out"), [("bce", 1), ("ce", 2)])
+@pytest.mark.parametrize("resizer", [True, False])
+def test_model_output_shape(head, n_out, resizer):
+    cfg = build_config(overrides={"arch": "test_efficientnet", "head": head, "resizer": resizer, "size": "64"})
+    model = build_model(cfg, in_chans=1).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 819, 256)).shape == (2, n_out)
+
+
+def test_learned_resizer_outputs_the_training_size():
+    resizer = LearnedResizer(in_chans=3, size=(96, 64))
+    assert resizer(torch.randn(2, 3, 273, 256)).shape == (2, 3, 96, 64)
+
+
+def test_size_travels_with_the_weights():
+    cfg = build_config(overrides={"arch": "test_efficientnet", "size": "64"})
+    model = build_model(cfg, 1)
+    model.set_size(96)
+    fresh = build_model(cfg, 1)
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.size == (96, 96)
+
+
+def test_param_groups_split_body_from_head():
+    model = build_model(build_config(overrides={"arch": "test_efficientnet", "size": "64"}), 1)
+    body, head = param_groups(model)
+    assert len(body) + len(head) == len(list(model.parameters()))
+    assert any(p is model.backbone.get_classifier().weight for p in head)
+
+
+def test_unknown_architecture_suggests_names():
+    with pytest.raises(ConfigError, match=r"unknown architecture 'efficientnetv2_mm'; did you mean .*efficientnetv2_m"):
+        check_arch("efficientnetv2_mm")
+
+
+def test_pretrained_without_weights_names_the_variant():
+    with pytest.raises(ConfigError, match="no pretrained weights for efficientnetv2_m; use tf_efficientnetv2_m"):
+        create_backbone("efficientnetv2_m", 1, 1, pretrained=True)
+
+
+def test_local_pretrained_weights_load_without_network(tmp_path):
+    source = create_backbone("test_efficientnet", 3, 1000)
+    torch.save(source.state_dict(), tmp_path / "w.pth")
+    model = create_backbone("test_efficientnet", 1, 1, pretrained_weights=tmp_path / "w.pth")
+    # timm sums the RGB kernels of the first conv for one input channel
+    first = next(n for n, p in model.named_parameters() if p.dim() == 4)
+    expected = source.state_dict()[first].sum(dim=1, keepdim=True)
+    torch.testing.assert_close(model.state_dict()[first], expected)
+    with pytest.raises(ConfigError, match="pretrained weight file not found"):
+        create_backbone("test_efficientnet", 1, 1, pretrained_weights=tmp_path / "missing.pth")
+
+
+def test_heads_agree_on_auc_and_loss_is_finite():
+    target = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0])
+    one = torch.tensor([[-2.0], [1.0], [0.5], [3.0], [-1.0]])
+    two = torch.cat([torch.zeros_like(one), one], dim=1)
+    torch.testing.assert_close(log_odds(two), one[:, 0])
+    assert roc_auc(one, target) == roc_auc(two, target) == pytest.approx(1.0)
+    for head, out in (("bce", one), ("ce", two)):
+        assert torch.isfinite(SetiLoss(head, pos_weight=2.0)(out, target))
+    assert roc_auc(one, torch.zeros(5)) != roc_auc(one, torch.zeros(5))  # NaN for one class

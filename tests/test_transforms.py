@@ -1,0 +1,93 @@
+"""Transforms: the albumentations wrapper (no clipping, reseeded per worker), SpecAugment, the cadence loader."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from fastai.torch_core import TensorImage
+from torch.utils.data import DataLoader, Dataset
+
+from seti_fastai.cadence import KaggleData
+from seti_fastai.transforms import (
+    AlbumentationsTransform,
+    CadenceLoader,
+    recipe_pipeline,
+    spec_augment_pipeline,
+)
+
+
+def _image(c: int = 1, h: int = 96, w: int = 64, seed: int = 0) -> TensorImage:
+    return TensorImage(torch.from_numpy(np.random.default_rng(seed).normal(size=(c, h, w)).astype(np.float32)))
+
+
+@pytest.mark.parametrize("channels", [1, 3, 6])
+def test_recipe_keeps_shape_dtype_and_range(channels):
+    tfm = AlbumentationsTransform(recipe_pipeline(1.0, 1.0, 1.0))
+    x = _image(channels) * 0.1
+    x[:, :48] += 3.0  # a bright half and a dark half: blur keeps them, clipping to [0, 1] would not
+    x[:, 48:] -= 3.0
+    y = tfm(x, split_idx=0)
+    assert isinstance(y, TensorImage) and y.shape == x.shape and y.dtype == torch.float32
+    assert y.max() > 2.5 and y.min() < -2.5
+    assert not torch.equal(x, y)
+    raw = recipe_pipeline(1.0, 1.0, 1.0)(image=x.numpy().transpose(1, 2, 0).copy())["image"]
+    assert raw.max() <= 1.0, "albumentations clips floats to [0, 1]; the wrapper exists to avoid that"
+
+
+def test_augmentations_apply_to_training_split_only():
+    tfm = AlbumentationsTransform(recipe_pipeline(1.0, 1.0, 1.0))
+    x = _image()
+    assert torch.equal(tfm(x, split_idx=1), x)
+    tfm.enabled = False
+    assert torch.equal(tfm(x, split_idx=0), x)
+
+
+def test_spec_augment_zeroes_one_time_band_and_one_frequency_band():
+    x = _image(1, 200, 100) + 10.0  # no natural zeros
+    tfm = AlbumentationsTransform(spec_augment_pipeline(200, 100, alpha=0.2, p=1.0), rescale=False)
+    zeros = [(tfm(x, split_idx=0)[0] == 0) for _ in range(20)]
+    rows = [int(z.all(dim=1).sum()) for z in zeros]
+    cols = [int(z.all(dim=0).sum()) for z in zeros]
+    assert max(rows) > 0 and max(cols) > 0
+    assert max(rows) <= 40 and max(cols) <= 20  # at most alpha of each axis
+
+
+class _SameImage(Dataset):
+    def __init__(self, tfm, n=8):
+        self.tfm, self.n, self.x = tfm, n, _image()
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return self.tfm(self.x, split_idx=0)
+
+
+def test_workers_and_epochs_draw_different_augmentations():
+    tfm = AlbumentationsTransform(recipe_pipeline(0.5, 1.0, 0.5))
+    loader = DataLoader(_SameImage(tfm), batch_size=1, num_workers=2, shuffle=False)
+    torch.manual_seed(0)
+    epoch1 = [b[0] for b in loader]  # items alternate between worker 0 and worker 1
+    epoch2 = [b[0] for b in loader]
+    assert not torch.equal(epoch1[0], epoch1[1]), "worker 0 and worker 1 repeated the same augmentation"
+    assert not torch.equal(epoch1[0], epoch2[0]), "epoch 2 repeated epoch 1"
+
+
+def test_same_torch_seed_gives_same_augmentation():
+    tfm = AlbumentationsTransform(recipe_pipeline(0.5, 1.0, 0.5))
+    x = _image()
+    torch.manual_seed(3)
+    a = tfm(x, split_idx=0)
+    torch.manual_seed(4)
+    tfm(x, split_idx=0)
+    torch.manual_seed(3)
+    assert torch.equal(tfm(x, split_idx=0), a)
+
+
+def test_cadence_loader_makes_float32_image(synth_data):
+    kaggle = KaggleData(synth_data[0])
+    path = kaggle.cadence_path("train", kaggle.read_labels()["id"].iloc[0])
+    image = CadenceLoader("all", "channels")(path)
+    assert isinstance(image, TensorImage) and image.shape == (6, 273, 256) and image.dtype == torch.float32
+    assert CadenceLoader("on", "stack")(path).shape == (1, 819, 256)
