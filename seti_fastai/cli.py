@@ -12,6 +12,7 @@ import os
 import sys
 import types
 import typing
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,8 +20,9 @@ from typing import Annotated, Any
 import typer
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks for updates over the network
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated")  # raised by a dependency's import
 
-from seti_fastai.errors import SetiError
+from seti_fastai.errors import SetiError  # noqa: E402
 
 app = typer.Typer(
     add_completion=False,
@@ -212,6 +214,102 @@ def lr_find_cmd(overrides: dict[str, Any], config: Path | None, quiet: bool) -> 
     typer.echo(f"lr_find: {shown or 'no suggestion (curve too short)'}; saved {cfg.run_dir() / 'lr_find.png'}")
     if result["suggested_lr"]:
         typer.echo(f"suggested --lr {result['suggested_lr']:.2e}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# inference commands
+
+
+@command("predict")
+def predict_cmd(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (folds) to average.")],
+    data: Annotated[Path, typer.Option(help="Data root in the Kaggle layout.")] = Path("data"),
+    out: Annotated[Path, typer.Option(help="CSV to write (id,target).")] = Path("submission.csv"),
+    split: Annotated[str, typer.Option(help="test, train, old-train or old-test.")] = "test",
+    ids: Annotated[Path | None, typer.Option(help="CSV with an id column: predict these ids of --split.")] = None,
+    tta: Annotated[str, typer.Option(help="none, flips (batched flip views) or N (fastai TTA, N passes).")] = "none",
+    combine: Annotated[str, typer.Option(help="Average views and folds as prob(abilities) or logit(s).")] = "prob",
+    beta: Annotated[float, typer.Option(help="--tta N: weight of the plain prediction (fastai's beta).")] = 0.25,
+    calibration: Annotated[
+        Path | None, typer.Option(help="calibration.json to apply [default: beside the runs, if present].")
+    ] = None,
+    no_calibration: Annotated[bool, typer.Option("--no-calibration", help="Ignore any calibration.json.")] = False,
+    bs: Annotated[int, typer.Option(help="Batch size (cadences; flip views multiply it on the device).")] = 64,
+    workers: Annotated[int, typer.Option(help="DataLoader workers.")] = min(8, os.cpu_count() or 1),
+    device: Annotated[str | None, typer.Option(help="cpu or cuda [default: cuda when available].")] = None,
+) -> None:
+    """Predict ids with trained folds (config.yaml + model.pth only) and write a submission CSV atomically."""
+    from tqdm import tqdm
+
+    from seti_fastai.infer import (
+        calibration_path,
+        check_inputs,
+        predict,
+        read_temperature,
+        resolve_ids,
+        write_submission,
+    )
+
+    temperature = 1.0
+    if not no_calibration:
+        path = calibration if calibration is not None else calibration_path(run_dirs)
+        if calibration is not None or path.is_file():
+            temperature = read_temperature(path)
+            typer.echo(f"temperature {temperature:.3f} from {path}")
+    check_inputs(run_dirs, data, split, ids, tta, combine, temperature)
+    n = len(resolve_ids(data, split, ids)[0])
+    passes = len(run_dirs) * (1 if not tta.isdigit() else 0)
+    with tqdm(total=n * passes or None, unit="cadence", desc="predict", file=sys.stderr, disable=not passes) as bar:
+        predictions = predict(
+            run_dirs, data, split, ids, tta, combine, beta, temperature, bs, workers, device, progress=bar.update
+        )
+    write_submission(predictions, out)
+    typer.echo(f"wrote {len(predictions)} predictions from {len(run_dirs)} run(s) to {out}")
+
+
+@command("calibrate")
+def calibrate_cmd(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories whose oof.csv to pool.")],
+    out: Annotated[Path | None, typer.Option(help="Output file [default: calibration.json beside the runs].")] = None,
+) -> None:
+    """Fit one temperature on the out-of-fold logits (minimum log-loss) and save calibration.json."""
+    from seti_fastai.infer import calibrate
+
+    r = calibrate(run_dirs, out)
+    typer.echo(f"temperature {r['temperature']:.4f} on {r['n']} out-of-fold cadences -> {r['path']}")
+    typer.echo(
+        f"log-loss {r['logloss_before']:.4f} -> {r['logloss_after']:.4f}; "
+        f"ECE {r['ece_before']:.4f} -> {r['ece_after']:.4f}"
+    )
+
+
+@command("evaluate")
+def evaluate_cmd(
+    predictions: Annotated[Path, typer.Argument(help="CSV with id,target (scores).")],
+    labels: Annotated[Path, typer.Argument(help="CSV with id,target (0/1).")],
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the confidence interval.")] = 1000,
+) -> None:
+    """ROC AUC with a 95 % bootstrap confidence interval (and log-loss, ECE for probabilities)."""
+    from seti_fastai.infer import evaluate
+
+    r = evaluate(predictions, labels, n_boot)
+    line = f"AUC {r['auc']:.4f} (95% CI {r['ci_low']:.4f}-{r['ci_high']:.4f}) on {r['n']} cadences"
+    line += f", {r['positives']} positive"
+    if "logloss" in r:
+        line += f"; log-loss {r['logloss']:.4f}, ECE {r['ece']:.4f}"
+    typer.echo(line)
+
+
+@command("report")
+def report_cmd(
+    runs_dir: Annotated[Path, typer.Argument(help="Experiment folder holding fold*/ (and pretrain/) runs.")],
+) -> None:
+    """Per-fold and out-of-fold AUC table, ROC curve, reliability diagram and loss/lr plots, as PNG + markdown."""
+    from seti_fastai.report import write_report
+
+    path, table = write_report(runs_dir)
+    typer.echo(table)
+    typer.echo(f"report: {path}")
 
 
 def run_command(name: str) -> None:

@@ -74,3 +74,53 @@ def plot_lr_find(lrs: np.ndarray, losses: np.ndarray, suggestions: dict, path: P
     ax.legend(fontsize=8)
     ax.set_title("lr_find")
     return save_figure(fig, path)
+
+
+def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path | str) -> Path:
+    """ROC curves, one per name: (0/1 labels, scores)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, (y, score) in curves.items():
+        fpr, tpr, _ = roc_curve(y, score)
+        ax.plot(fpr, tpr, lw=2 if name == "out-of-fold" else 1, label=f"{name} (AUC {roc_auc_score(y, score):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("ROC")
+    return save_figure(fig, path)
+
+
+def plot_reliability(y: np.ndarray, probabilities: dict[str, np.ndarray], path: Path | str, bins: int = 10) -> Path:
+    """Observed share of positives against predicted probability, in equal-width bins."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    edges = np.linspace(0, 1, bins + 1)
+    for name, p in probabilities.items():
+        index = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+        filled = [b for b in range(bins) if (index == b).any()]
+        ax.plot([p[index == b].mean() for b in filled], [y[index == b].mean() for b in filled], "o-", label=name)
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+    ax.set_xlabel("predicted probability")
+    ax.set_ylabel("observed share of positives")
+    ax.legend(fontsize=8)
+    ax.set_title("reliability (out-of-fold)")
+    return save_figure(fig, path)
+
+
+def plot_histories(histories: dict, path: Path | str) -> Path:
+    """Per run: train/valid loss and validation AUC by epoch (left), learning rate (right)."""
+    fig, (ax, ax_lr) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, h in histories.items():
+        line = ax.plot(h["epoch"], h["train_loss"], label=f"{name} train loss")[0]
+        ax.plot(h["epoch"], h["valid_loss"], ls="--", color=line.get_color(), label=f"{name} valid loss")
+        ax.plot(h["epoch"], h["roc_auc"], ls=":", color=line.get_color(), label=f"{name} valid AUC")
+        ax_lr.plot(h["epoch"], h["lr"], color=line.get_color(), label=name)
+    ax.set_xlabel("epoch")
+    ax.legend(fontsize=7)
+    ax.set_title("loss and AUC")
+    ax_lr.set_xlabel("epoch")
+    ax_lr.set_yscale("log")
+    ax_lr.set_title("learning rate at the end of each epoch")
+    ax_lr.legend(fontsize=7)
+    return save_figure(fig, path)

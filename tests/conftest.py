@@ -50,3 +50,15 @@ def tiny_overrides(data, out, **extra):
     )
     values.update(extra)
     return values
+
+
+@pytest.fixture(scope="session")
+def trained_runs(synth_data, tmp_path_factory):
+    """Two tiny trained folds of `synth_data` (experiment folder, [fold0, fold1])."""
+    from seti_fastai.config import build_config
+    from seti_fastai.train import train_fold
+
+    out = tmp_path_factory.mktemp("runs")
+    for fold in (0, 1):
+        train_fold(build_config(overrides=tiny_overrides(synth_data[0], out, fold=fold)), quiet=True)
+    return out / "exp", [out / "exp" / "fold0", out / "exp" / "fold1"]

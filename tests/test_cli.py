@@ -191,3 +191,61 @@ def test_scripts_train_py_is_the_same_command(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown architecture 'efficientnetv2_mm'")
+
+
+# --- inference commands ----------------------------------------------------------------------------------------
+
+
+def test_predict_calibrate_evaluate_report(synth_data, trained_runs, tmp_path):
+    root, hidden = synth_data
+    exp, runs = trained_runs
+    sub = tmp_path / "submission.csv"
+    result = run("predict", *runs, "--data", root, "--out", sub, "--tta", "flips", "--workers", 0)
+    assert result.exit_code == 0, result.output
+    assert sub.is_file() and "wrote 16 predictions from 2 run(s)" in result.stdout
+    result = run("evaluate", sub, hidden / "test_labels.csv", "--n-boot", 100)
+    assert result.exit_code == 0 and result.stdout.startswith("AUC ")
+    result = run("calibrate", *runs, "--out", tmp_path / "calibration.json")
+    assert result.exit_code == 0 and "temperature" in result.stdout
+    result = run(
+        "predict",
+        *runs,
+        "--data",
+        root,
+        "--out",
+        tmp_path / "s2.csv",
+        "--calibration",
+        tmp_path / "calibration.json",
+        "--workers",
+        0,
+    )
+    assert result.exit_code == 0 and result.stdout.startswith("temperature")
+    result = run("report", exp)
+    assert result.exit_code == 0, result.output
+    assert "Out-of-fold AUC" in result.stdout
+    for name in ("report.md", "roc.png", "reliability.png", "history.png"):
+        assert (exp / "report" / name).is_file()
+
+
+def test_predict_errors_leave_no_submission(synth_data, trained_runs, tmp_path):
+    root, _ = synth_data
+    sub = tmp_path / "submission.csv"
+    one_line_error(run("predict", tmp_path, "--data", root, "--out", sub), "config.yaml not found")
+    victim = next((root / "test").rglob("*.npy"))
+    data = tmp_path / "data"
+    shutil.copytree(root, data)
+    (data / "test" / victim.parent.name / victim.name).unlink()
+    one_line_error(run("predict", *trained_runs[1], "--data", data, "--out", sub), f"{victim.name}: file not found")
+    one_line_error(
+        run("predict", *trained_runs[1], "--data", root, "--out", sub, "--tta", "many"),
+        "tta must be none, flips or a number",
+    )
+    assert not sub.exists() and not list(tmp_path.glob(".submission*"))
+
+
+def test_evaluate_mismatched_ids(synth_data, tmp_path):
+    _, hidden = synth_data
+    (tmp_path / "p.csv").write_text("id,target\nabc,0.5\n")
+    one_line_error(run("evaluate", tmp_path / "p.csv", hidden / "test_labels.csv"), "ids do not match")
+    (tmp_path / "q.csv").write_text("id,score\nabc,0.5\n")
+    one_line_error(run("evaluate", tmp_path / "q.csv", hidden / "test_labels.csv"), "missing column(s) target")

@@ -1,0 +1,349 @@
+"""Inference: run directories -> (TTA) -> fold ensemble -> temperature -> submission.
+
+Only `config.yaml` and `model.pth` are read from a run directory, and the weights with `weights_only=True`:
+a run directory from someone else cannot run code on this machine.
+
+Probabilities flow as log-odds `z`: each view (or TTA pass) and each run gives one `z` per cadence; views and runs
+are combined as a mean of probabilities (`combine="prob"`, fastai's TTA rule, the default) or of log-odds
+(`combine="logit"`); the temperature `T` of `calibration.json` divides the final log-odds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from fastai.data.core import DataLoaders, Datasets, TfmdDL
+from fastai.data.transforms import ColReader
+from fastai.learner import Learner
+from scipy.optimize import minimize_scalar
+
+from seti_fastai.cadence import KaggleData, image_shape, read_id_csv
+from seti_fastai.config import TrainConfig, load_run_config
+from seti_fastai.errors import ConfigError, LabelFileError, RunDirError
+from seti_fastai.heads import SetiLoss, log_odds, sigmoid_np
+from seti_fastai.io import atomic_write_csv, atomic_write_json
+from seti_fastai.models import SetiModel, build_model
+from seti_fastai.train import load_weights
+from seti_fastai.transforms import CadenceLoader, train_transforms
+
+COMBINES = ("prob", "logit")
+EPS = 1e-6
+
+
+def check_run_dir(run_dir: Path | str) -> Path:
+    """A run directory that inference can use: it must hold config.yaml and model.pth."""
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "model.pth"):
+        if not (run_dir / name).is_file():
+            raise RunDirError(f"{run_dir}: {name} not found (not a finished run directory)")
+    return run_dir
+
+
+def load_run(run_dir: Path | str) -> tuple[TrainConfig, SetiModel]:
+    """Rebuild a trained model from `config.yaml` + `model.pth` (no network: pretrained weights are not fetched)."""
+    run_dir = check_run_dir(run_dir)
+    cfg = load_run_config(run_dir)
+    offline = dataclasses.replace(cfg, pretrained=False, pretrained_weights=None, init_from=None)
+    model = build_model(offline, in_chans=image_shape(cfg.panels, cfg.layout)[0])
+    try:
+        model.load_state_dict(load_weights(run_dir / "model.pth"))
+    except RuntimeError as e:
+        raise RunDirError(f"{run_dir / 'model.pth'}: does not match config.yaml ({str(e).splitlines()[0]})") from e
+    return cfg, model.eval()
+
+
+def _layout(cfg: TrainConfig) -> tuple[str, str, bool]:
+    return (cfg.panels, cfg.layout, cfg.standardize)
+
+
+def check_same_layout(run_dirs: list[Path], cfgs: list[TrainConfig]) -> None:
+    """Runs in one ensemble must read cadences the same way (panels, layout, standardisation)."""
+    first = _layout(cfgs[0])
+    for run_dir, cfg in zip(run_dirs, cfgs, strict=True):
+        if _layout(cfg) != first:
+            raise ConfigError(
+                f"{run_dir}: image layout {'/'.join(map(str, _layout(cfg)))} differs from {run_dirs[0]} "
+                f"({'/'.join(map(str, first))}); predict each layout separately and average the CSVs"
+            )
+
+
+def flip_views(cfg: TrainConfig) -> list[tuple[int, ...]]:
+    """Label-preserving flips: frequency (width); time (height) too when every panel is an ON panel or each
+    panel is its own channel (a time flip of six stacked panels would put ON panels in OFF slots)."""
+    if cfg.layout == "stack" and cfg.panels == "all":
+        return [(), (-1,)]
+    return [(), (-1,), (-2,), (-2, -1)]
+
+
+def _combine(z: np.ndarray, combine: str, axis: int = 0) -> np.ndarray:
+    """Mean over `axis` of probabilities or log-odds; returns log-odds."""
+    if combine == "logit":
+        return z.mean(axis=axis)
+    p = np.clip(sigmoid_np(z).mean(axis=axis), EPS, 1 - EPS)
+    return np.log(p / (1 - p))
+
+
+def inference_dl(cfg: TrainConfig, paths: list[str], bs: int, workers: int, device) -> TfmdDL:
+    """Un-shuffled DataLoader over cadence files, carrying the run's training augmentations (used by fastai's TTA
+    only when it switches the dataset to the training split)."""
+    _, h, w = image_shape(cfg.panels, cfg.layout)
+    items = pd.DataFrame({"path": paths})
+    dsets = Datasets(items, tfms=[[ColReader("path"), CadenceLoader(cfg.panels, cfg.layout, cfg.standardize)]])
+    return TfmdDL(
+        dsets,
+        bs=bs,
+        shuffle=False,
+        drop_last=False,
+        num_workers=workers,
+        device=device,
+        after_item=train_transforms(cfg, (h, w)),
+    )
+
+
+@torch.no_grad()
+def predict_views(
+    model: torch.nn.Module,
+    dl: TfmdDL,
+    views: list[tuple[int, ...]],
+    device,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Log-odds (n_views, n) from one batched forward pass per batch: all views go through the model together."""
+    model = model.to(device).eval()
+    out = []
+    for (x,) in dl:
+        x = x.to(device)
+        batch = torch.cat([x.flip(v) if v else x for v in views])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            z = log_odds(model(batch)).float()
+        out.append(z.view(len(views), x.shape[0]).cpu())
+        if progress is not None:
+            progress(x.shape[0])
+    return torch.cat(out, dim=1).numpy()
+
+
+def predict_fastai_tta(
+    cfg: TrainConfig, model: torch.nn.Module, dl: TfmdDL, n: int, beta: float, combine: str
+) -> np.ndarray:
+    """fastai's `Learner.tta`: mean of `n` passes with the training augmentations, blended with the plain
+    prediction with weight `beta`; returns log-odds (n_cadences,)."""
+    learn = Learner(DataLoaders(dl, dl, device=dl.device), model, loss_func=SetiLoss(cfg.head))
+    learn.remove_cbs(list(learn.cbs[1:]))  # keep TrainEvalCallback only: no progress bars, no recorder
+    if combine == "logit":
+        learn.loss_func.activation = log_odds  # average log-odds instead of probabilities
+        preds, _ = learn.tta(dl=dl, n=n, beta=beta)
+        return preds.float().numpy()
+    preds, _ = learn.tta(dl=dl, n=n, beta=beta)
+    p = np.clip(preds.float().numpy(), EPS, 1 - EPS)
+    return np.log(p / (1 - p))
+
+
+def resolve_ids(data: Path | str, split: str = "test", ids_file: Path | str | None = None) -> tuple[list[str], str]:
+    """The ids to predict, in order: from `--ids FILE` (an `id` column), else the split's label CSV."""
+    kaggle = KaggleData(data)
+    if ids_file is not None:
+        ids = read_id_csv(ids_file, require_target=False)["id"].tolist()
+    else:
+        ids = kaggle.read_labels(split)["id"].tolist()
+    kaggle.check_files(split, ids)
+    return ids, split
+
+
+def check_inputs(
+    run_dirs: list[Path | str],
+    data: Path | str,
+    split: str,
+    ids_file: Path | str | None,
+    tta: str,
+    combine: str,
+    temperature: float,
+) -> list[Path]:
+    """Every check `predict` makes before it loads a model: options, run directories, layouts, ids and files."""
+    if combine not in COMBINES:
+        raise ConfigError(f"combine must be one of {', '.join(COMBINES)}; got {combine!r}")
+    if tta not in ("none", "flips") and not (tta.isdigit() and int(tta) >= 1):
+        raise ConfigError(f"tta must be none, flips or a number of passes; got {tta!r}")
+    if temperature <= 0:
+        raise ConfigError(f"temperature must be positive; got {temperature}")
+    if not run_dirs:
+        raise RunDirError("no run directory given")
+    run_dirs = [check_run_dir(r) for r in run_dirs]
+    check_same_layout(run_dirs, [load_run_config(r) for r in run_dirs])
+    resolve_ids(data, split, ids_file)
+    return run_dirs
+
+
+def predict(
+    run_dirs: list[Path | str],
+    data: Path | str,
+    split: str = "test",
+    ids_file: Path | str | None = None,
+    tta: str = "none",
+    combine: str = "prob",
+    beta: float = 0.25,
+    temperature: float = 1.0,
+    bs: int = 64,
+    workers: int = 0,
+    device: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> pd.DataFrame:
+    """`id, target` (probability) for every id, in order, averaged over runs. `tta`: none, flips, or an integer N
+    (fastai TTA with N augmented passes)."""
+    loaded = [load_run(r) for r in check_inputs(run_dirs, data, split, ids_file, tta, combine, temperature)]
+    ids, split = resolve_ids(data, split, ids_file)
+    paths = [str(p) for p in KaggleData(data).paths(split, ids)]
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    per_run = []
+    for cfg, model in loaded:
+        dl = inference_dl(cfg, paths, bs, workers, dev)
+        if tta.isdigit():
+            per_run.append(predict_fastai_tta(cfg, model, dl, int(tta), beta, combine))
+        else:
+            views = flip_views(cfg) if tta == "flips" else [()]
+            per_run.append(_combine(predict_views(model, dl, views, dev, progress), combine))
+    z = _combine(np.stack(per_run), combine) / temperature
+    return pd.DataFrame({"id": ids, "target": sigmoid_np(z)})
+
+
+def write_submission(predictions: pd.DataFrame, path: Path | str) -> Path:
+    """Write `id,target` atomically: either the whole file or nothing."""
+    return atomic_write_csv(predictions[["id", "target"]], path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# temperature scaling
+
+
+def log_loss(z: np.ndarray, y: np.ndarray) -> float:
+    """Mean binary cross-entropy of log-odds `z` against 0/1 labels `y` (numerically stable)."""
+    return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+
+def expected_calibration_error(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
+    """Mean |accuracy - confidence| over equal-width probability bins, weighted by bin size."""
+    edges = np.linspace(0, 1, bins + 1)
+    index = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = index == b
+        if mask.any():
+            ece += mask.mean() * abs(y[mask].mean() - p[mask].mean())
+    return float(ece)
+
+
+def fit_temperature(z: np.ndarray, y: np.ndarray) -> float:
+    """The temperature T > 0 that minimises the log-loss of z / T (one parameter, searched on log T)."""
+    result = minimize_scalar(lambda log_t: log_loss(z / np.exp(log_t), y), bounds=(-5, 5), method="bounded")
+    return float(np.exp(result.x))
+
+
+def read_oof(run_dirs: list[Path | str]) -> pd.DataFrame:
+    frames = []
+    for run_dir in map(Path, run_dirs):
+        path = run_dir / "oof.csv"
+        if not path.is_file():
+            raise RunDirError(f"{run_dir}: oof.csv not found (not a finished run directory)")
+        frames.append(pd.read_csv(path, dtype={"id": str}).assign(run=str(run_dir)))
+    return pd.concat(frames, ignore_index=True)
+
+
+def calibration_path(run_dirs: list[Path | str]) -> Path:
+    """`calibration.json` in the folder that holds the runs (the common parent of the run directories)."""
+    return Path(os.path.commonpath([str(Path(r).resolve().parent) for r in run_dirs])) / "calibration.json"
+
+
+def calibrate(run_dirs: list[Path | str], out: Path | str | None = None) -> dict:
+    """Fit one temperature on the runs' out-of-fold log-odds; write and return `calibration.json`."""
+    oof = read_oof(run_dirs)
+    z, y = oof["logit"].to_numpy(float), oof["target"].to_numpy(float)
+    t = fit_temperature(z, y)
+    result = dict(
+        temperature=t, n=len(oof), runs=[str(r) for r in run_dirs],
+        logloss_before=log_loss(z, y), logloss_after=log_loss(z / t, y),
+        ece_before=expected_calibration_error(sigmoid_np(z), y),
+        ece_after=expected_calibration_error(sigmoid_np(z / t), y),
+    )  # fmt: skip
+    path = Path(out) if out is not None else calibration_path(run_dirs)
+    atomic_write_json(path, result)
+    result["path"] = str(path)
+    return result
+
+
+def read_temperature(path: Path | str) -> float:
+    path = Path(path)
+    try:
+        t = float(json.loads(path.read_text())["temperature"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RunDirError(f"{path}: not a calibration file ({e})") from e
+    if not t > 0:
+        raise RunDirError(f"{path}: temperature must be positive, got {t}")
+    return t
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# evaluation
+
+
+def read_predictions(path: Path | str) -> pd.DataFrame:
+    """A predictions CSV: unique ids and a finite `target` score per row."""
+    df = read_id_csv(path, require_target=False)
+    raw = pd.read_csv(path, dtype={"id": str})
+    if "target" not in raw.columns:
+        raise LabelFileError(f"{path}: missing column(s) target")
+    score = pd.to_numeric(raw["target"], errors="coerce")
+    bad = ~np.isfinite(score.to_numpy(float))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise LabelFileError(f"{path}: row {i + 2}: target {raw['target'].iloc[i]} is not a number")
+    return df.assign(target=score.to_numpy(float))
+
+
+def match_labels(predictions: pd.DataFrame, labels: pd.DataFrame, pred_path, label_path) -> pd.DataFrame:
+    """Join on id; the two files must hold exactly the same ids."""
+    missing = sorted(set(labels["id"]) - set(predictions["id"]))
+    extra = sorted(set(predictions["id"]) - set(labels["id"]))
+    if missing or extra:
+        raise LabelFileError(
+            f"{pred_path}: ids do not match {label_path}: {len(missing)} missing (e.g. {missing[:1]}), "
+            f"{len(extra)} not in the labels (e.g. {extra[:1]})"
+        )
+    return labels.merge(predictions.rename(columns={"target": "score"}), on="id")
+
+
+def bootstrap_auc(
+    y: np.ndarray, score: np.ndarray, n: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
+    """ROC AUC and a percentile bootstrap confidence interval (resampling cadences)."""
+    from sklearn.metrics import roc_auc_score
+
+    if y.min() == y.max():
+        raise LabelFileError("the labels hold one class only; ROC AUC is undefined")
+    auc = float(roc_auc_score(y, score))
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(n):
+        idx = rng.integers(0, len(y), len(y))
+        if y[idx].min() != y[idx].max():
+            samples.append(roc_auc_score(y[idx], score[idx]))
+    lo, hi = np.quantile(samples, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return auc, float(lo), float(hi)
+
+
+def evaluate(pred_path: Path | str, label_path: Path | str, n_boot: int = 1000) -> dict:
+    predictions = read_predictions(pred_path)
+    labels = read_id_csv(label_path, require_target=True)
+    joined = match_labels(predictions, labels, pred_path, label_path)
+    y, score = joined["target"].to_numpy(), joined["score"].to_numpy()
+    auc, lo, hi = bootstrap_auc(y, score, n_boot)
+    result = dict(auc=auc, ci_low=lo, ci_high=hi, n=len(joined), positives=int(y.sum()))
+    if score.min() >= 0 and score.max() <= 1:
+        z = np.log(np.clip(score, EPS, 1 - EPS) / np.clip(1 - score, EPS, 1))
+        result.update(logloss=log_loss(z, y), ece=expected_calibration_error(score, y))
+    return result
