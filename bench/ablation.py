@@ -1,4 +1,4 @@
-"""Ablation: validation AUC of the plain setup, of the plain setup plus each piece of the recipe, and of the full recipe.
+"""Ablation: validation AUC of the plain setup, plus each piece of the recipe alone, and of the full recipe.
 
     .venv/bin/python bench/ablation.py --n 2000 --arch resnet18 --size 256 --epochs 3 --out docs/ablation.md
 

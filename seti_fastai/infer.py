@@ -29,7 +29,7 @@ from seti_fastai.config import TrainConfig, load_run_config
 from seti_fastai.errors import ConfigError, LabelFileError, RunDirError
 from seti_fastai.heads import SetiLoss, log_odds, sigmoid_np
 from seti_fastai.io import atomic_write_csv, atomic_write_json
-from seti_fastai.models import SetiModel, build_model
+from seti_fastai.models import BilinearResize, SetiModel, build_model
 from seti_fastai.train import load_weights
 from seti_fastai.transforms import CadenceLoader, train_transforms
 
@@ -117,12 +117,16 @@ def predict_views(
 ) -> np.ndarray:
     """Log-odds (n_views, n) from one batched forward pass per batch: all views go through the model together."""
     model = model.to(device).eval()
+    # a bilinear resize commutes with flips: resize once, flip the small images (the learned resizer does not)
+    resize_first = isinstance(model.resize, BilinearResize)
     out = []
     for (x,) in dl:
         x = x.to(device)
-        batch = torch.cat([x.flip(v) if v else x for v in views])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            z = log_odds(model(batch)).float()
+            if resize_first:
+                x = model.resize(x)
+            batch = torch.cat([x.flip(v) if v else x for v in views])
+            z = log_odds(model.backbone(batch) if resize_first else model(batch)).float()
         out.append(z.view(len(views), x.shape[0]).cpu())
         if progress is not None:
             progress(x.shape[0])
