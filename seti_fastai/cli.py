@@ -38,6 +38,16 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def one_line(error: BaseException) -> str:
+    """The message of a user error on one line. An error raised in a DataLoader worker comes back wrapped in the
+    worker's traceback: its own message is the last line, after the exception's name."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the errors a user can cause into one line and a non-zero exit, never a traceback."""
 
@@ -46,7 +56,7 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except (SetiError, FileExistsError) as e:
-            fail(str(e))
+            fail(one_line(e))
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
@@ -112,14 +122,22 @@ def folds_cmd(
     k: Annotated[int, typer.Option("--k", help="Number of folds.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed of the stratified split.")] = 42,
     split: Annotated[str, typer.Option(help="Labelled split to fold: train or old-train.")] = "train",
+    check_arrays: Annotated[
+        bool, typer.Option("--check-arrays", help="Also load every cadence: shape, dtype, NaN/inf (slow).")
+    ] = False,
 ) -> None:
     """Check every listed file exists, then make (or reuse) stratified folds and show the class balance."""
-    from seti_fastai.cadence import KaggleData
+    from tqdm import tqdm
+
+    from seti_fastai.cadence import KaggleData, load_cadence
     from seti_fastai.folds import fold_summary, load_or_make_folds
 
     kaggle = KaggleData(data)
     labels = kaggle.read_labels(split)
     kaggle.check_files(split, labels["id"])
+    if check_arrays:
+        for path in tqdm(kaggle.paths(split, labels["id"]), unit="cadence", desc="check", file=sys.stderr):
+            load_cadence(path)
     folds, path, created = load_or_make_folds(labels, data, k=k, seed=seed, split=split)
     typer.echo(f"{'wrote' if created else 'reusing'} {path}")
     typer.echo(fold_summary(folds).to_string())

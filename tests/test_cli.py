@@ -17,8 +17,10 @@ def run(*args: str):
 
 def one_line_error(result, *fragments: str) -> None:
     assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
+    # a progress bar may have started before the error was found; apart from it, stderr is the one error line
+    lines = [line for line in result.stderr.strip().splitlines() if "%|" not in line]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
 
@@ -249,3 +251,15 @@ def test_evaluate_mismatched_ids(synth_data, tmp_path):
     one_line_error(run("evaluate", tmp_path / "p.csv", hidden / "test_labels.csv"), "ids do not match")
     (tmp_path / "q.csv").write_text("id,score\nabc,0.5\n")
     one_line_error(run("evaluate", tmp_path / "q.csv", hidden / "test_labels.csv"), "missing column(s) target")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_bad_array_during_training_is_one_line(data_copy, tmp_path, workers):
+    victim = next((data_copy / "train").rglob("*.npy"))
+    bad = np.zeros((6, 273, 256), np.float16)
+    bad[0, 0, 0] = np.nan
+    np.save(victim, bad)
+    one_line_error(run("folds", data_copy, "--check-arrays"), f"{victim}: 1 NaN or infinite value(s)")
+    args = [*TINY, "--workers", workers, "--epochs", 1, "--pos-share", 0]
+    result = run("train", "--data", data_copy, "--out", tmp_path, *args)
+    one_line_error(result, f"{victim}: 1 NaN or infinite value(s)")

@@ -72,3 +72,12 @@ def test_heads_agree_on_auc_and_loss_is_finite():
     for head, out in (("bce", one), ("ce", two)):
         assert torch.isfinite(SetiLoss(head, pos_weight=2.0)(out, target))
     assert roc_auc(one, torch.zeros(5)) != roc_auc(one, torch.zeros(5))  # NaN for one class
+
+
+def test_pretrained_offline_is_one_clear_error(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # never touch the network in tests
+    with pytest.raises(ConfigError, match=r"could not download pretrained weights for resnet18 \(offline\?\)"):
+        create_backbone("resnet18", 1, 1, pretrained=True)
