@@ -112,15 +112,19 @@ def spec_augment_pipeline(height: int, width: int, alpha: float = 0.1, p: float 
     )
 
 
+class SpecAugment(AlbumentationsTransform):
+    """SpecAugment on the training split, after the recipe. Its own class because fastai's DataBlock keeps only
+    one item transform per class: a second `AlbumentationsTransform` would be dropped silently."""
+
+    def __init__(self, height: int, width: int, alpha: float = 0.1, p: float = 0.5):
+        super().__init__(spec_augment_pipeline(height, width, alpha, p), rescale=False, order=6)
+
+
 def train_transforms(cfg, image_hw: tuple[int, int]) -> list[AlbumentationsTransform]:
     """The training-only item transforms of a config: the recipe pipeline, then SpecAugment."""
     tfms = []
     if max(cfg.freq_flip_p, cfg.affine_p, cfg.motion_blur_p) > 0:
         tfms.append(AlbumentationsTransform(recipe_pipeline(cfg.freq_flip_p, cfg.affine_p, cfg.motion_blur_p), order=5))
     if cfg.spec_augment_p > 0:
-        tfms.append(
-            AlbumentationsTransform(
-                spec_augment_pipeline(*image_hw, cfg.spec_alpha, cfg.spec_augment_p), rescale=False, order=6
-            )
-        )
+        tfms.append(SpecAugment(*image_hw, cfg.spec_alpha, cfg.spec_augment_p))
     return tfms

@@ -263,3 +263,10 @@ def test_bad_array_during_training_is_one_line(data_copy, tmp_path, workers):
     args = [*TINY, "--workers", workers, "--epochs", 1, "--pos-share", 0]
     result = run("train", "--data", data_copy, "--out", tmp_path, *args)
     one_line_error(result, f"{victim}: 1 NaN or infinite value(s)")
+
+
+def test_train_all_folds(synth_data, tmp_path):
+    result = run("train", "--data", synth_data[0], "--out", tmp_path, "--all-folds", *TINY)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("best validation AUC") == 4
+    assert sorted(p.parent.name for p in (tmp_path / "exp").glob("*/metrics.json")) == [f"fold{k}" for k in range(4)]

@@ -196,3 +196,28 @@ def test_bad_runs_are_refused(synth_data, tmp_path):
     with pytest.raises(RunDirError, match="no interrupted run to resume"):
         train_fold(cfg_for(synth_data[0], tmp_path, name="nothing", resume=True), quiet=True)
     assert not (tmp_path / "exp").exists() or not any((tmp_path / "exp").rglob("model.pth"))
+
+
+class _AugmentationState(Callback):
+    order = 0  # after AugmentationOff (order -5) has set the switches for the epoch
+
+    def before_fit(self):
+        self.states = []
+
+    def before_train(self):
+        from seti_fastai.transforms import AlbumentationsTransform
+
+        tfms = [t.enabled for t in self.dls.train.after_item.fs if isinstance(t, AlbumentationsTransform)]
+        mixup = [cb.enabled for cb in self.learn.cbs if isinstance(cb, MixUpOr)]
+        self.states.append((tfms, mixup))
+
+
+def test_augmentation_switches_off_for_the_last_epochs(synth_data, tmp_path):
+    state = _AugmentationState()
+    train_fold(cfg_for(synth_data[0], tmp_path, epochs=3, aug_off_last=1), quiet=True, cbs=[state])
+    assert state.states == [([True, True], [True]), ([True, True], [True]), ([False, False], [False])]
+
+
+def test_two_logit_head_trains_and_reports_auc(synth_data, tmp_path):
+    metrics = train_fold(cfg_for(synth_data[0], tmp_path, head="ce", pos_weight=2.0), quiet=True)
+    assert 0.0 <= metrics["best_auc"] <= 1.0 and metrics["best_auc"] == pytest.approx(metrics["oof_auc"])

@@ -12,8 +12,8 @@ from seti_fastai.cadence import KaggleData
 from seti_fastai.transforms import (
     AlbumentationsTransform,
     CadenceLoader,
+    SpecAugment,
     recipe_pipeline,
-    spec_augment_pipeline,
 )
 
 
@@ -45,7 +45,7 @@ def test_augmentations_apply_to_training_split_only():
 
 def test_spec_augment_zeroes_one_time_band_and_one_frequency_band():
     x = _image(1, 200, 100) + 10.0  # no natural zeros
-    tfm = AlbumentationsTransform(spec_augment_pipeline(200, 100, alpha=0.2, p=1.0), rescale=False)
+    tfm = SpecAugment(200, 100, alpha=0.2, p=1.0)
     zeros = [(tfm(x, split_idx=0)[0] == 0) for _ in range(20)]
     rows = [int(z.all(dim=1).sum()) for z in zeros]
     cols = [int(z.all(dim=0).sum()) for z in zeros]
@@ -91,3 +91,13 @@ def test_cadence_loader_makes_float32_image(synth_data):
     image = CadenceLoader("all", "channels")(path)
     assert isinstance(image, TensorImage) and image.shape == (6, 273, 256) and image.dtype == torch.float32
     assert CadenceLoader("on", "stack")(path).shape == (1, 819, 256)
+
+
+def test_datablock_keeps_both_training_transforms(synth_data, tmp_path):
+    """fastai's DataBlock keeps one item transform per class; the recipe and SpecAugment must both survive."""
+    from seti_fastai.config import build_config
+    from seti_fastai.data import get_dls
+
+    dls = get_dls(build_config(overrides=dict(data=str(synth_data[0]), out=str(tmp_path), workers=0, bs=4)))
+    kinds = [type(t).__name__ for t in dls.train.after_item.fs if isinstance(t, AlbumentationsTransform)]
+    assert kinds == ["AlbumentationsTransform", "SpecAugment"]
