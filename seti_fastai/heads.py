@@ -63,3 +63,9 @@ def auc_metric() -> AccumMetric:
 
 def sigmoid_np(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
+
+
+def logit_np(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Log-odds of probabilities, clipped away from 0 and 1."""
+    p = np.clip(p, eps, 1 - eps)
+    return np.log(p / (1 - p))

@@ -27,14 +27,13 @@ from scipy.optimize import minimize_scalar
 from seti_fastai.cadence import KaggleData, image_shape, read_id_csv
 from seti_fastai.config import TrainConfig, load_run_config
 from seti_fastai.errors import ConfigError, LabelFileError, RunDirError
-from seti_fastai.heads import SetiLoss, log_odds, sigmoid_np
+from seti_fastai.heads import SetiLoss, log_odds, logit_np, sigmoid_np
 from seti_fastai.io import atomic_write_csv, atomic_write_json
 from seti_fastai.models import BilinearResize, SetiModel, build_model
 from seti_fastai.train import load_weights
 from seti_fastai.transforms import CadenceLoader, train_transforms
 
 COMBINES = ("prob", "logit")
-EPS = 1e-6
 
 
 def check_run_dir(run_dir: Path | str) -> Path:
@@ -86,8 +85,7 @@ def _combine(z: np.ndarray, combine: str, axis: int = 0) -> np.ndarray:
     """Mean over `axis` of probabilities or log-odds; returns log-odds."""
     if combine == "logit":
         return z.mean(axis=axis)
-    p = np.clip(sigmoid_np(z).mean(axis=axis), EPS, 1 - EPS)
-    return np.log(p / (1 - p))
+    return logit_np(sigmoid_np(z).mean(axis=axis))
 
 
 def inference_dl(cfg: TrainConfig, paths: list[str], bs: int, workers: int, device) -> TfmdDL:
@@ -145,8 +143,7 @@ def predict_fastai_tta(
         preds, _ = learn.tta(dl=dl, n=n, beta=beta)
         return preds.float().numpy()
     preds, _ = learn.tta(dl=dl, n=n, beta=beta)
-    p = np.clip(preds.float().numpy(), EPS, 1 - EPS)
-    return np.log(p / (1 - p))
+    return logit_np(preds.float().numpy())
 
 
 def resolve_ids(data: Path | str, split: str = "test", ids_file: Path | str | None = None) -> tuple[list[str], str]:
@@ -348,6 +345,6 @@ def evaluate(pred_path: Path | str, label_path: Path | str, n_boot: int = 1000) 
     auc, lo, hi = bootstrap_auc(y, score, n_boot)
     result = dict(auc=auc, ci_low=lo, ci_high=hi, n=len(joined), positives=int(y.sum()))
     if score.min() >= 0 and score.max() <= 1:
-        z = np.log(np.clip(score, EPS, 1 - EPS) / np.clip(1 - score, EPS, 1))
+        z = logit_np(score)
         result.update(logloss=log_loss(z, y), ece=expected_calibration_error(score, y))
     return result

@@ -5,7 +5,6 @@ runs/<name>/fold<k>/   config.yaml  model.pth  history.csv  oof.csv  metrics.jso
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import time
@@ -223,7 +222,3 @@ def run_lr_find(cfg: TrainConfig, quiet: bool = False) -> dict[str, Any]:
     atomic_write_json(run_dir / "lr_find.json", result)
     plot_lr_find(lrs, losses, suggestions, run_dir / "lr_find.png")
     return result
-
-
-def read_metrics(run_dir: Path | str) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / "metrics.json").read_text())
