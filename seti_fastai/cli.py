@@ -264,7 +264,6 @@ def predict_cmd(
         check_inputs,
         predict,
         read_temperature,
-        resolve_ids,
         write_submission,
     )
 
@@ -274,8 +273,7 @@ def predict_cmd(
         if calibration is not None or path.is_file():
             temperature = read_temperature(path)
             typer.echo(f"temperature {temperature:.3f} from {path}")
-    check_inputs(run_dirs, data, split, ids, tta, combine, temperature)
-    n = len(resolve_ids(data, split, ids)[0])
+    n = len(check_inputs(run_dirs, data, split, ids, tta, combine, temperature)[1])
     passes = len(run_dirs) * (1 if not tta.isdigit() else 0)
     with tqdm(total=n * passes or None, unit="cadence", desc="predict", file=sys.stderr, disable=not passes) as bar:
         predictions = predict(

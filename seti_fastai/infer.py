@@ -146,7 +146,7 @@ def predict_fastai_tta(
     return logit_np(preds.float().numpy())
 
 
-def resolve_ids(data: Path | str, split: str = "test", ids_file: Path | str | None = None) -> tuple[list[str], str]:
+def resolve_ids(data: Path | str, split: str = "test", ids_file: Path | str | None = None) -> list[str]:
     """The ids to predict, in order: from `--ids FILE` (an `id` column), else the split's label CSV."""
     kaggle = KaggleData(data)
     if ids_file is not None:
@@ -154,7 +154,7 @@ def resolve_ids(data: Path | str, split: str = "test", ids_file: Path | str | No
     else:
         ids = kaggle.read_labels(split)["id"].tolist()
     kaggle.check_files(split, ids)
-    return ids, split
+    return ids
 
 
 def check_inputs(
@@ -165,8 +165,9 @@ def check_inputs(
     tta: str,
     combine: str,
     temperature: float,
-) -> list[Path]:
-    """Every check `predict` makes before it loads a model: options, run directories, layouts, ids and files."""
+) -> tuple[list[Path], list[str]]:
+    """Every check `predict` makes before it loads a model: options, run directories, layouts, ids and files.
+    Returns (run directories, ids to predict)."""
     if combine not in COMBINES:
         raise ConfigError(f"combine must be one of {', '.join(COMBINES)}; got {combine!r}")
     if tta not in ("none", "flips") and not (tta.isdigit() and int(tta) >= 1):
@@ -177,8 +178,7 @@ def check_inputs(
         raise RunDirError("no run directory given")
     run_dirs = [check_run_dir(r) for r in run_dirs]
     check_same_layout(run_dirs, [load_run_config(r) for r in run_dirs])
-    resolve_ids(data, split, ids_file)
-    return run_dirs
+    return run_dirs, resolve_ids(data, split, ids_file)
 
 
 def predict(
@@ -197,8 +197,8 @@ def predict(
 ) -> pd.DataFrame:
     """`id, target` (probability) for every id, in order, averaged over runs. `tta`: none, flips, or an integer N
     (fastai TTA with N augmented passes)."""
-    loaded = [load_run(r) for r in check_inputs(run_dirs, data, split, ids_file, tta, combine, temperature)]
-    ids, split = resolve_ids(data, split, ids_file)
+    run_dirs, ids = check_inputs(run_dirs, data, split, ids_file, tta, combine, temperature)
+    loaded = [load_run(r) for r in run_dirs]
     paths = [str(p) for p in KaggleData(data).paths(split, ids)]
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     per_run = []
