@@ -141,7 +141,6 @@ def train_fold(cfg: TrainConfig, quiet: bool = False, cbs: list | None = None) -
     items = training_items(cfg)
     learn = build_learner(cfg, items, quiet)
     save_config(cfg, run_dir / "config.yaml")
-    history = None
     recorder = RunRecorder(run_dir)
     start_epoch = 0
     if checkpoint is not None:
