@@ -141,10 +141,11 @@ def load_cadence(path: Path | str) -> np.ndarray:
         raise CadenceFileError(f"{path}: shape {arr.shape}, expected {CADENCE_SHAPE}")
     if arr.dtype not in ALLOWED_DTYPES:
         raise CadenceFileError(f"{path}: dtype {arr.dtype}, expected float16 or float32")
-    if not np.isfinite(arr).all():
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():  # on float32: numpy's float16 isfinite is ~15x slower (a hot path)
         bad = int((~np.isfinite(arr)).sum())
         raise CadenceFileError(f"{path}: {bad} NaN or infinite value(s)")
-    return arr.astype(np.float32, copy=False)
+    return arr
 
 
 def panel_indices(panels: Panels) -> tuple[int, ...]:
