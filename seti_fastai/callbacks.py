@@ -151,7 +151,7 @@ class RunRecorder(Callback):
         if self.training:
             n = self.xb[0].shape[0]
             self._n_train += n
-            self._loss_sum += self.loss.item() * n
+            self._loss_sum = self._loss_sum + self.loss.detach().float() * n  # no per-batch GPU sync
 
     def after_epoch(self) -> None:
         if not self._trained:
@@ -162,7 +162,7 @@ class RunRecorder(Callback):
         auc = float(values.get("roc_auc", float("nan")))
         row = dict(
             epoch=self.epoch,
-            train_loss=self._loss_sum / max(self._n_train, 1),  # the epoch's mean, not fastai's smoothed loss
+            train_loss=float(self._loss_sum) / max(self._n_train, 1),  # the epoch's mean, not fastai's smoothed loss
             valid_loss=float(values["valid_loss"]),
             roc_auc=auc,
             lr=float(self.opt.hypers[-1]["lr"]),

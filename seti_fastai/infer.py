@@ -140,10 +140,9 @@ def predict_fastai_tta(
     learn.remove_cbs(list(learn.cbs[1:]))  # keep TrainEvalCallback only: no progress bars, no recorder
     if combine == "logit":
         learn.loss_func.activation = log_odds  # average log-odds instead of probabilities
-        preds, _ = learn.tta(dl=dl, n=n, beta=beta)
-        return preds.float().numpy()
     preds, _ = learn.tta(dl=dl, n=n, beta=beta)
-    return logit_np(preds.float().numpy())
+    preds = preds.float().numpy()
+    return preds if combine == "logit" else logit_np(preds)
 
 
 def resolve_ids(data: Path | str, split: str = "test", ids_file: Path | str | None = None) -> list[str]:
