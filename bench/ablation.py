@@ -16,9 +16,9 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from seti_fastai.config import build_config
+from seti_fastai.data.synth import SynthConfig, write_synthetic
 from seti_fastai.io import atomic_write_text
-from seti_fastai.synth import SynthConfig, write_synthetic
-from seti_fastai.train import train_fold
+from seti_fastai.learn.train import train_fold
 
 PLAIN = dict(
     pos_share=0, freq_flip_p=0.0, affine_p=0.0, motion_blur_p=0.0, spec_augment_p=0.0, mixup_p=0.0, resizer=False

@@ -18,9 +18,9 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from seti_fastai.config import build_config, save_config
-from seti_fastai.infer import predict
-from seti_fastai.models import build_model
-from seti_fastai.synth import SynthConfig, write_synthetic
+from seti_fastai.data.synth import SynthConfig, write_synthetic
+from seti_fastai.evaluate.infer import predict
+from seti_fastai.model.models import build_model
 
 
 def fresh_run(run_dir: Path, data: Path, arch: str, size: int) -> Path:

@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from seti_fastai.synth import SynthConfig, write_synthetic
+from seti_fastai.data.synth import SynthConfig, write_synthetic
 
 
 def main() -> None:

@@ -26,10 +26,10 @@ import torch
 from fastai.callback.core import Callback
 
 from seti_fastai.config import build_config
-from seti_fastai.data import get_dls
-from seti_fastai.heads import SetiLoss
-from seti_fastai.synth import SynthConfig, write_synthetic
-from seti_fastai.train import build_learner
+from seti_fastai.data.synth import SynthConfig, write_synthetic
+from seti_fastai.learn.datablock import get_dls
+from seti_fastai.learn.train import build_learner
+from seti_fastai.model.heads import SetiLoss
 
 
 class TrainTimer(Callback):

@@ -92,7 +92,7 @@ def synth_cmd(
     """Write a synthetic data set in the exact Kaggle layout, made with setigen."""
     from tqdm import tqdm
 
-    from seti_fastai.synth import SynthConfig, output_dirs, write_synthetic
+    from seti_fastai.data.synth import SynthConfig, output_dirs, write_synthetic
 
     cfg = SynthConfig(
         n_train=n_train,
@@ -111,7 +111,7 @@ def synth_cmd(
         out, hidden_dir = write_synthetic(cfg, out, hidden, workers=workers, overwrite=overwrite, progress=bar.update)
     typer.echo(f"wrote {total} cadences to {out}; test labels and metadata in {hidden_dir}")
     if preview is not None:
-        from seti_fastai.plots import preview_synthetic
+        from seti_fastai.evaluate.plots import preview_synthetic
 
         typer.echo(f"preview: {preview_synthetic(out, hidden_dir, preview)}")
 
@@ -129,8 +129,8 @@ def folds_cmd(
     """Check every listed file exists, then make (or reuse) stratified folds and show the class balance."""
     from tqdm import tqdm
 
-    from seti_fastai.cadence import KaggleData, load_cadence
-    from seti_fastai.folds import fold_summary, load_or_make_folds
+    from seti_fastai.data.cadence import KaggleData, load_cadence
+    from seti_fastai.data.folds import fold_summary, load_or_make_folds
 
     kaggle = KaggleData(data)
     labels = kaggle.read_labels(split)
@@ -207,7 +207,7 @@ ALL_FOLDS = inspect.Parameter(
 def train_cmd(overrides: dict[str, Any], config: Path | None, all_folds: bool, quiet: bool) -> None:
     """Train one fold (or --all-folds, or --stage pretrain) and write its run directory."""
     from seti_fastai.config import build_config
-    from seti_fastai.train import train_fold
+    from seti_fastai.learn.train import train_fold
 
     cfg = build_config(config, overrides)
     folds = range(cfg.n_folds) if all_folds else [cfg.fold]
@@ -224,7 +224,7 @@ def train_cmd(overrides: dict[str, Any], config: Path | None, all_folds: bool, q
 def lr_find_cmd(overrides: dict[str, Any], config: Path | None, quiet: bool) -> None:
     """Run fastai's lr_find on a run's data and model; save lr_find.png and lr_find.json in its run directory."""
     from seti_fastai.config import build_config
-    from seti_fastai.train import run_lr_find
+    from seti_fastai.learn.train import run_lr_find
 
     cfg = build_config(config, overrides)
     result = run_lr_find(cfg, quiet=quiet)
@@ -259,7 +259,7 @@ def predict_cmd(
     """Predict ids with trained folds (config.yaml + model.pth only) and write a submission CSV atomically."""
     from tqdm import tqdm
 
-    from seti_fastai.infer import (
+    from seti_fastai.evaluate.infer import (
         calibration_path,
         check_inputs,
         predict,
@@ -289,7 +289,7 @@ def calibrate_cmd(
     out: Annotated[Path | None, typer.Option(help="Output file [default: calibration.json beside the runs].")] = None,
 ) -> None:
     """Fit one temperature on the out-of-fold logits (minimum log-loss) and save calibration.json."""
-    from seti_fastai.infer import calibrate
+    from seti_fastai.evaluate.infer import calibrate
 
     r = calibrate(run_dirs, out)
     typer.echo(f"temperature {r['temperature']:.4f} on {r['n']} out-of-fold cadences -> {r['path']}")
@@ -306,7 +306,7 @@ def evaluate_cmd(
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the confidence interval.")] = 1000,
 ) -> None:
     """ROC AUC with a 95 % bootstrap confidence interval (and log-loss, ECE for probabilities)."""
-    from seti_fastai.infer import evaluate
+    from seti_fastai.evaluate.infer import evaluate
 
     r = evaluate(predictions, labels, n_boot)
     line = f"AUC {r['auc']:.4f} (95% CI {r['ci_low']:.4f}-{r['ci_high']:.4f}) on {r['n']} cadences"
@@ -321,7 +321,7 @@ def report_cmd(
     runs_dir: Annotated[Path, typer.Argument(help="Experiment folder holding fold*/ (and pretrain/) runs.")],
 ) -> None:
     """Per-fold and out-of-fold AUC table, ROC curve, reliability diagram and loss/lr plots, as PNG + markdown."""
-    from seti_fastai.report import write_report
+    from seti_fastai.evaluate.report import write_report
 
     path, table = write_report(runs_dir)
     typer.echo(table)

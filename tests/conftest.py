@@ -8,7 +8,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pytest
 
-from seti_fastai.synth import SynthConfig, write_synthetic
+from seti_fastai.data.synth import SynthConfig, write_synthetic
 
 SEED = 7
 
@@ -56,7 +56,7 @@ def tiny_overrides(data, out, **extra):
 def trained_runs(synth_data, tmp_path_factory):
     """Two tiny trained folds of `synth_data` (experiment folder, [fold0, fold1])."""
     from seti_fastai.config import build_config
-    from seti_fastai.train import train_fold
+    from seti_fastai.learn.train import train_fold
 
     out = tmp_path_factory.mktemp("runs")
     for fold in (0, 1):

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seti_fastai.cadence import (
+from seti_fastai.data.cadence import (
     CADENCE_SHAPE,
     KaggleData,
     cadence_to_image,

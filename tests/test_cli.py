@@ -88,7 +88,7 @@ def test_synth_bad_option(tmp_path):
 
 
 def test_bad_array_is_named(data_copy):
-    from seti_fastai.cadence import KaggleData, load_cadence
+    from seti_fastai.data.cadence import KaggleData, load_cadence
     from seti_fastai.errors import CadenceFileError
 
     path = next((data_copy / "train").rglob("*.npy"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from seti_fastai.data.folds import check_fold, fold_summary, folds_path, load_or_make_folds, make_folds
 from seti_fastai.errors import FoldError
-from seti_fastai.folds import check_fold, fold_summary, folds_path, load_or_make_folds, make_folds
 
 
 @pytest.fixture

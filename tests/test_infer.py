@@ -7,10 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from seti_fastai.cadence import KaggleData, cadence_to_image, load_cadence
+from seti_fastai.data.cadence import KaggleData, cadence_to_image, load_cadence
 from seti_fastai.errors import ConfigError, LabelFileError, RunDirError
-from seti_fastai.heads import log_odds, sigmoid_np
-from seti_fastai.infer import (
+from seti_fastai.evaluate.infer import (
     bootstrap_auc,
     calibrate,
     evaluate,
@@ -21,7 +20,8 @@ from seti_fastai.infer import (
     predict,
     write_submission,
 )
-from seti_fastai.train import load_weights
+from seti_fastai.learn.train import load_weights
+from seti_fastai.model.heads import log_odds, sigmoid_np
 
 
 def test_submission_has_the_sample_ids_in_order(synth_data, trained_runs, tmp_path):
@@ -137,7 +137,7 @@ def test_mixed_layouts_are_refused(synth_data, trained_runs, tmp_path):
     from conftest import tiny_overrides
 
     from seti_fastai.config import build_config
-    from seti_fastai.train import train_fold
+    from seti_fastai.learn.train import train_fold
 
     train_fold(build_config(overrides=tiny_overrides(synth_data[0], tmp_path, panels="all")), quiet=True)
     with pytest.raises(ConfigError, match="image layout all/stack/False differs"):

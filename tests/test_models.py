@@ -7,8 +7,8 @@ import torch
 
 from seti_fastai.config import build_config
 from seti_fastai.errors import ConfigError
-from seti_fastai.heads import SetiLoss, log_odds, roc_auc
-from seti_fastai.models import LearnedResizer, build_model, check_arch, create_backbone, param_groups
+from seti_fastai.model.heads import SetiLoss, log_odds, roc_auc
+from seti_fastai.model.models import LearnedResizer, build_model, check_arch, create_backbone, param_groups
 
 
 @pytest.mark.parametrize(("head", "n_out"), [("bce", 1), ("ce", 2)])

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seti_fastai.cadence import N_CHANNELS, OFF_PANELS, KaggleData, load_cadence
+from seti_fastai.data.cadence import N_CHANNELS, OFF_PANELS, KaggleData, load_cadence
+from seti_fastai.data.synth import SynthConfig, import_setigen, plan_cadences, signal_of, write_synthetic
 from seti_fastai.errors import ConfigError
-from seti_fastai.synth import SynthConfig, import_setigen, plan_cadences, signal_of, write_synthetic
 
 
 def _meta(hidden) -> pd.DataFrame:

@@ -12,12 +12,12 @@ import torch
 from conftest import tiny_overrides
 from fastai.callback.core import Callback
 
-from seti_fastai.callbacks import MixUpOr
 from seti_fastai.config import build_config
-from seti_fastai.data import get_dls, training_items
 from seti_fastai.errors import ConfigError, FoldError, RunDirError
-from seti_fastai.models import build_model
-from seti_fastai.train import init_from, load_weights, run_lr_find, train_fold
+from seti_fastai.learn.callbacks import MixUpOr
+from seti_fastai.learn.datablock import get_dls, training_items
+from seti_fastai.learn.train import init_from, load_weights, run_lr_find, train_fold
+from seti_fastai.model.models import build_model
 
 
 def cfg_for(data, out, **extra):
@@ -205,7 +205,7 @@ class _AugmentationState(Callback):
         self.states = []
 
     def before_train(self):
-        from seti_fastai.transforms import AlbumentationsTransform
+        from seti_fastai.learn.transforms import AlbumentationsTransform
 
         tfms = [t.enabled for t in self.dls.train.after_item.fs if isinstance(t, AlbumentationsTransform)]
         mixup = [cb.enabled for cb in self.learn.cbs if isinstance(cb, MixUpOr)]

@@ -8,8 +8,8 @@ import torch
 from fastai.torch_core import TensorImage
 from torch.utils.data import DataLoader, Dataset
 
-from seti_fastai.cadence import KaggleData
-from seti_fastai.transforms import (
+from seti_fastai.data.cadence import KaggleData
+from seti_fastai.learn.transforms import (
     AlbumentationsTransform,
     CadenceLoader,
     SpecAugment,
@@ -96,7 +96,7 @@ def test_cadence_loader_makes_float32_image(synth_data):
 def test_datablock_keeps_both_training_transforms(synth_data, tmp_path):
     """fastai's DataBlock keeps one item transform per class; the recipe and SpecAugment must both survive."""
     from seti_fastai.config import build_config
-    from seti_fastai.data import get_dls
+    from seti_fastai.learn.datablock import get_dls
 
     dls = get_dls(build_config(overrides=dict(data=str(synth_data[0]), out=str(tmp_path), workers=0, bs=4)))
     kinds = [type(t).__name__ for t in dls.train.after_item.fs if isinstance(t, AlbumentationsTransform)]

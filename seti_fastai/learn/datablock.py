@@ -9,11 +9,11 @@ from fastai.data.block import DataBlock, TransformBlock
 from fastai.data.core import DataLoaders, TfmdDL
 from fastai.data.transforms import ColReader, ColSplitter
 
-from seti_fastai.cadence import KaggleData, image_shape
 from seti_fastai.config import TrainConfig
+from seti_fastai.data.cadence import KaggleData, image_shape
+from seti_fastai.data.folds import check_fold, load_or_make_folds
 from seti_fastai.errors import DataLayoutError
-from seti_fastai.folds import check_fold, load_or_make_folds
-from seti_fastai.transforms import CadenceLoader, to_float_target, train_transforms
+from seti_fastai.learn.transforms import CadenceLoader, to_float_target, train_transforms
 
 
 def _with_paths(kaggle: KaggleData, split: str, df: pd.DataFrame) -> pd.DataFrame:

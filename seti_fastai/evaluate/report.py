@@ -9,10 +9,10 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from seti_fastai.errors import RunDirError
-from seti_fastai.heads import sigmoid_np
-from seti_fastai.infer import expected_calibration_error, read_oof, read_temperature
+from seti_fastai.evaluate.infer import expected_calibration_error, read_oof, read_temperature
+from seti_fastai.evaluate.plots import plot_histories, plot_reliability, plot_roc
 from seti_fastai.io import atomic_write_text
-from seti_fastai.plots import plot_histories, plot_reliability, plot_roc
+from seti_fastai.model.heads import sigmoid_np
 
 
 def find_runs(runs_dir: Path | str) -> list[Path]:

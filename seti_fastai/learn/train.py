@@ -19,8 +19,11 @@ from fastai.callback.schedule import minimum, slide, steep, valley
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
 
-from seti_fastai.cadence import image_shape
-from seti_fastai.callbacks import (
+from seti_fastai.config import TrainConfig, load_run_config, save_config
+from seti_fastai.data.cadence import image_shape
+from seti_fastai.errors import ConfigError, RunDirError
+from seti_fastai.io import atomic_write_csv, atomic_write_json
+from seti_fastai.learn.callbacks import (
     AugmentationOff,
     EpochSeed,
     MixUpOr,
@@ -28,12 +31,9 @@ from seti_fastai.callbacks import (
     RunRecorder,
     load_opt_state,
 )
-from seti_fastai.config import TrainConfig, load_run_config, save_config
-from seti_fastai.data import get_dls, training_items
-from seti_fastai.errors import ConfigError, RunDirError
-from seti_fastai.heads import SetiLoss, auc_metric, log_odds, roc_auc
-from seti_fastai.io import atomic_write_csv, atomic_write_json
-from seti_fastai.models import build_model, check_arch, param_groups
+from seti_fastai.learn.datablock import get_dls, training_items
+from seti_fastai.model.heads import SetiLoss, auc_metric, log_odds, roc_auc
+from seti_fastai.model.models import build_model, check_arch, param_groups
 
 
 def device_precision(cfg: TrainConfig) -> str:
@@ -205,7 +205,7 @@ def _suggestions(lrs: np.ndarray, losses: np.ndarray) -> dict[str, float | None]
 
 def run_lr_find(cfg: TrainConfig, quiet: bool = False) -> dict[str, Any]:
     """Run fastai's lr_find on the run's data and model; write lr_find.png/json in the run directory."""
-    from seti_fastai.plots import plot_lr_find
+    from seti_fastai.evaluate.plots import plot_lr_find
 
     cfg.validate()
     run_dir = cfg.run_dir()

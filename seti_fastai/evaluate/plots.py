@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from seti_fastai.cadence import OFF_PANELS, ON_PANELS
+from seti_fastai.data.cadence import OFF_PANELS, ON_PANELS
 from seti_fastai.io import atomic_path
 
 
@@ -45,7 +45,7 @@ def preview_synthetic(data: Path | str, hidden: Path | str, path: Path | str, n:
     """Plot the first `n` positives and `n` negatives (decoys first) of a synthetic train split."""
     import pandas as pd
 
-    from seti_fastai.cadence import KaggleData, load_cadence
+    from seti_fastai.data.cadence import KaggleData, load_cadence
 
     meta = pd.read_csv(Path(hidden) / "meta.csv", dtype={"id": str, "on_panels": str})
     train = meta[meta["split"] == "train"]

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from seti_fastai.cadence import (
+from seti_fastai.data.cadence import (
     N_CHANNELS,
     N_PANELS,
     N_TIMES,

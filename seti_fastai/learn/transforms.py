@@ -14,7 +14,7 @@ import torch
 from fastai.data.transforms import DisplayedTransform
 from fastai.torch_core import TensorImage
 
-from seti_fastai.cadence import Layout, Panels, cadence_to_image, load_cadence
+from seti_fastai.data.cadence import Layout, Panels, cadence_to_image, load_cadence
 
 
 class CadenceLoader(DisplayedTransform):

@@ -21,7 +21,7 @@ from fastai.callback.core import Callback
 from fastai.torch_core import set_seed
 
 from seti_fastai.io import atomic_path, atomic_write_csv
-from seti_fastai.transforms import AlbumentationsTransform
+from seti_fastai.learn.transforms import AlbumentationsTransform
 
 
 def _plain(value):

@@ -24,14 +24,14 @@ from fastai.data.transforms import ColReader
 from fastai.learner import Learner
 from scipy.optimize import minimize_scalar
 
-from seti_fastai.cadence import KaggleData, image_shape, read_id_csv
 from seti_fastai.config import TrainConfig, load_run_config
+from seti_fastai.data.cadence import KaggleData, image_shape, read_id_csv
 from seti_fastai.errors import ConfigError, LabelFileError, RunDirError
-from seti_fastai.heads import SetiLoss, log_odds, logit_np, sigmoid_np
 from seti_fastai.io import atomic_write_csv, atomic_write_json
-from seti_fastai.models import BilinearResize, SetiModel, build_model
-from seti_fastai.train import load_weights
-from seti_fastai.transforms import CadenceLoader, train_transforms
+from seti_fastai.learn.train import load_weights
+from seti_fastai.learn.transforms import CadenceLoader, train_transforms
+from seti_fastai.model.heads import SetiLoss, log_odds, logit_np, sigmoid_np
+from seti_fastai.model.models import BilinearResize, SetiModel, build_model
 
 COMBINES = ("prob", "logit")
 

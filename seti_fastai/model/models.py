@@ -157,7 +157,7 @@ def create_backbone(
 
 def build_model(cfg, in_chans: int) -> SetiModel:
     """The model a `TrainConfig` describes, at the first size of its schedule."""
-    from seti_fastai.heads import n_outputs
+    from seti_fastai.model.heads import n_outputs
 
     backbone = create_backbone(
         cfg.arch,

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
-from seti_fastai.cadence import read_id_csv
+from seti_fastai.data.cadence import read_id_csv
 from seti_fastai.errors import FoldError
 from seti_fastai.io import atomic_write_csv
 

@@ -1,0 +1,1 @@
+"""Inference, calibration, metrics and reports."""

@@ -1,0 +1,1 @@
+"""fastai training: Transforms, the DataBlock, callbacks and the training loop."""

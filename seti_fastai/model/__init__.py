@@ -1,0 +1,1 @@
+"""timm backbones, resizers and the classifier head's loss."""
