@@ -84,6 +84,14 @@ def synth_cmd(
     n_old_train: Annotated[int | None, typer.Option(help="Cadences in train_old/ (default: --n-train).")] = None,
     n_old_test: Annotated[int | None, typer.Option(help="Cadences in test_old/ (default: --n-test).")] = None,
     difficulty: Annotated[str, typer.Option(help="Needle brightness range: easy, realistic or hard.")] = "realistic",
+    shape_weights: Annotated[
+        str | None,
+        typer.Option(help="Needle shapes of every split, e.g. line=0.45,squared=0.15,sine=0.25,random_walk=0.15."),
+    ] = None,
+    test_shape_weights: Annotated[
+        str | None,
+        typer.Option(help="Needle shapes of the test split only (a train/test shift), e.g. sine=0.6,line=0.4."),
+    ] = None,
     hidden: Annotated[Path | None, typer.Option(help="Folder for test labels and metadata [OUT_hidden].")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = min(4, os.cpu_count() or 1),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT and the hidden folder.")] = False,
@@ -92,8 +100,13 @@ def synth_cmd(
     """Write a synthetic data set in the exact Kaggle layout, made with setigen."""
     from tqdm import tqdm
 
-    from seti_fastai.data.synth import SynthConfig, output_dirs, write_synthetic
+    from seti_fastai.data.synth import SynthConfig, output_dirs, parse_shape_weights, write_synthetic
 
+    shapes = {}
+    if shape_weights is not None:
+        shapes["shape_weights"] = parse_shape_weights(shape_weights, "--shape-weights")
+    if test_shape_weights is not None:
+        shapes["test_shape_weights"] = parse_shape_weights(test_shape_weights, "--test-shape-weights")
     cfg = SynthConfig(
         n_train=n_train,
         n_test=n_test,
@@ -103,6 +116,7 @@ def synth_cmd(
         n_old_train=n_old_train,
         n_old_test=n_old_test,
         difficulty=difficulty,
+        **shapes,
     )
     cfg.validate()
     output_dirs(out, hidden, overwrite)

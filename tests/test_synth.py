@@ -9,7 +9,14 @@ import pandas as pd
 import pytest
 
 from seti_fastai.data.cadence import N_CHANNELS, OFF_PANELS, KaggleData, load_cadence
-from seti_fastai.data.synth import SynthConfig, import_setigen, plan_cadences, signal_of, write_synthetic
+from seti_fastai.data.synth import (
+    SynthConfig,
+    import_setigen,
+    parse_shape_weights,
+    plan_cadences,
+    signal_of,
+    write_synthetic,
+)
 from seti_fastai.errors import ConfigError
 
 
@@ -105,9 +112,27 @@ def test_all_needle_shapes_are_drawn():
     assert (plan.loc[plan["kind"] == "needle", "on_panels"] != "0 2 4").any(), "some needles skip an ON panel"
 
 
+def test_test_split_can_hold_shapes_train_lacks():
+    cfg = SynthConfig(
+        n_train=400, n_test=400, pos_rate=0.5, shape_weights={"line": 1.0}, test_shape_weights={"sine": 1.0}
+    )
+    plan = plan_cadences(cfg)
+    needles = plan[plan["kind"] == "needle"]
+    assert set(needles.loc[needles["split"] == "train", "shape"]) == {"line"}
+    assert set(needles.loc[needles["split"] == "test", "shape"]) == {"sine"}
+
+
+def test_shape_weights_parse_and_reject_bad_text():
+    assert parse_shape_weights("sine=0.6, line=0.4") == {"sine": 0.6, "line": 0.4}
+    for bad in ("sine", "sine=x", "spiral=1", "sine=0", "sine=-1,line=2"):
+        with pytest.raises(ConfigError):
+            parse_shape_weights(bad)
+
+
 @pytest.mark.parametrize(
     "cfg",
     [
+        SynthConfig(test_shape_weights={"line": 0.0}),
         SynthConfig(pos_rate=0.0),
         SynthConfig(difficulty="insane"),
         SynthConfig(brightness=(2.0, 1.0)),

@@ -72,6 +72,8 @@ class SynthConfig:
     shape_weights: dict[str, float] = field(
         default_factory=lambda: {"line": 0.45, "squared": 0.15, "sine": 0.25, "random_walk": 0.15}
     )
+    # needle shapes of the test split (default: `shape_weights`); the winners' train/test shift was S-shaped needles
+    test_shape_weights: dict[str, float] | None = None
     decoy_rate: float = 0.3  # share of negatives that carry a signal in all panels or OFF panels only
     cadences_per_strip: int = 6  # mean number of cadences cut from one background strip
 
@@ -84,9 +86,10 @@ class SynthConfig:
             raise ConfigError(f"unknown difficulty {self.difficulty!r}; choose one of {', '.join(DIFFICULTY)}")
         if self.brightness is not None and not 0 < self.brightness[0] <= self.brightness[1]:
             raise ConfigError(f"brightness range must satisfy 0 < low <= high, got {self.brightness}")
-        unknown = set(self.shape_weights) - set(NEEDLE_SHAPES)
-        if unknown or sum(self.shape_weights.values()) <= 0:
-            raise ConfigError(f"shape_weights must weigh some of {', '.join(NEEDLE_SHAPES)}; got {self.shape_weights}")
+        for name in ("shape_weights", "test_shape_weights"):
+            weights = getattr(self, name)
+            if weights is not None:
+                check_shape_weights(weights, name)
         if not 0.0 <= self.decoy_rate <= 1.0 or self.cadences_per_strip < 1:
             raise ConfigError("decoy_rate must be in [0, 1] and cadences_per_strip >= 1")
 
@@ -94,12 +97,50 @@ class SynthConfig:
     def brightness_range(self) -> tuple[float, float]:
         return tuple(self.brightness) if self.brightness is not None else DIFFICULTY[self.difficulty]
 
+    def split_shape_weights(self, split: str) -> dict[str, float]:
+        """The needle-shape weights of one split."""
+        if split == "test" and self.test_shape_weights is not None:
+            return self.test_shape_weights
+        return self.shape_weights
+
     def split_sizes(self) -> dict[str, int]:
         sizes = {"train": self.n_train, "test": self.n_test}
         if self.old:
             sizes["old-train"] = self.n_old_train if self.n_old_train is not None else self.n_train
             sizes["old-test"] = self.n_old_test if self.n_old_test is not None else self.n_test
         return sizes
+
+
+def check_shape_weights(weights: dict[str, float], name: str = "shape weights") -> None:
+    """Raise unless `weights` maps known needle shapes to non-negative weights with a positive sum."""
+    unknown = sorted(set(weights) - set(NEEDLE_SHAPES))
+    if unknown:
+        raise ConfigError(
+            f"{name}: unknown needle shape(s) {', '.join(unknown)}; choose from {', '.join(NEEDLE_SHAPES)}"
+        )
+    if any(not w >= 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ConfigError(f"{name}: weights must be >= 0 with a positive sum; got {weights}")
+
+
+def parse_shape_weights(text: str, name: str = "shape weights") -> dict[str, float]:
+    """`"sine=0.6,line=0.4"` -> {"sine": 0.6, "line": 0.4}, checked."""
+    weights: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        try:
+            weights[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ConfigError(f"{name}: expected shape=weight pairs like sine=0.6,line=0.4; got {part!r}")
+    check_shape_weights(weights, name)
+    return weights
+
+
+def _shape_probabilities(weights: dict[str, float]) -> tuple[list[str], np.ndarray]:
+    shapes = list(weights)
+    p = np.array([weights[s] for s in shapes], dtype=float)
+    return shapes, p / p.sum()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -122,11 +163,9 @@ def plan_cadences(cfg: SynthConfig) -> pd.DataFrame:
     rng = np.random.default_rng([cfg.seed, 0])
     taken: set[str] = set()
     rows: list[dict[str, Any]] = []
-    shapes = list(cfg.shape_weights)
-    shape_p = np.array([cfg.shape_weights[s] for s in shapes], dtype=float)
-    shape_p /= shape_p.sum()
     lo, hi = cfg.brightness_range
     for split, n in cfg.split_sizes().items():
+        shapes, shape_p = _shape_probabilities(cfg.split_shape_weights(split))
         id_length = 12 if split.startswith("old") else 15
         n_pos = max(1, round(n * cfg.pos_rate)) if n >= 2 else 0
         targets = np.zeros(n, dtype=np.int64)
