@@ -64,3 +64,16 @@ def atomic_dir(path: Path | str, overwrite: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def derived_path(data_root: Path | str, name: str, work_dir: Path | str = "runs") -> Path:
+    """Where a file derived from a data folder (fold CSV, matches.csv, de-Doppler scores) lives.
+
+    An existing copy is found beside the data first, then in `work_dir`; a new one goes beside the data when that
+    folder is writable (Kaggle input folders are not), else into `work_dir`.
+    """
+    beside, work = Path(data_root) / name, Path(work_dir) / name
+    for path in (beside, work):
+        if path.is_file():
+            return path
+    return beside if os.access(data_root, os.W_OK) else work

@@ -125,23 +125,29 @@ class KaggleData:
             raise CadenceFileError(f"{missing[0]}: file not found, listed in {self.labels_path(split)}{more}")
 
 
-def load_cadence(path: Path | str) -> np.ndarray:
-    """Load one cadence file and validate it: shape (6, 273, 256), float16/float32, all finite.
-
-    Returns float32 (albumentations' OpenCV kernels reject float16).
-    """
+def open_cadence(path: Path | str, mmap: bool = False) -> np.ndarray:
+    """Open one cadence file (memory-mapped when `mmap`) and check its shape (6, 273, 256) and dtype (float16 or
+    float32); values are not read, so finiteness is the caller's check on what it uses."""
     path = Path(path)
     if not path.is_file():
         raise CadenceFileError(f"{path}: file not found")
     try:
-        arr = np.load(path, allow_pickle=False)
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise CadenceFileError(f"{path}: not a readable .npy array ({e})") from e
     if arr.shape != CADENCE_SHAPE:
         raise CadenceFileError(f"{path}: shape {arr.shape}, expected {CADENCE_SHAPE}")
     if arr.dtype not in ALLOWED_DTYPES:
         raise CadenceFileError(f"{path}: dtype {arr.dtype}, expected float16 or float32")
-    arr = arr.astype(np.float32, copy=False)
+    return arr
+
+
+def load_cadence(path: Path | str) -> np.ndarray:
+    """Load one cadence file and validate it: shape (6, 273, 256), float16/float32, all finite.
+
+    Returns float32 (albumentations' OpenCV kernels reject float16).
+    """
+    arr = open_cadence(path).astype(np.float32, copy=False)
     if not np.isfinite(arr).all():  # on float32: numpy's float16 isfinite is ~15x slower (a hot path)
         bad = int((~np.isfinite(arr)).sum())
         raise CadenceFileError(f"{path}: {bad} NaN or infinite value(s)")
