@@ -100,7 +100,8 @@ def synth_cmd(
     """Write a synthetic data set in the exact Kaggle layout, made with setigen."""
     from tqdm import tqdm
 
-    from seti_fastai.data.synth import SynthConfig, output_dirs, parse_shape_weights, write_synthetic
+    from seti_fastai.data.inject import parse_shape_weights
+    from seti_fastai.data.synth import SynthConfig, output_dirs, write_synthetic
 
     shapes = {}
     if shape_weights is not None:
@@ -318,8 +319,14 @@ def evaluate_cmd(
     predictions: Annotated[Path, typer.Argument(help="CSV with id,target (scores).")],
     labels: Annotated[Path, typer.Argument(help="CSV with id,target (0/1).")],
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the confidence interval.")] = 1000,
+    reference: Annotated[
+        list[Path] | None,
+        typer.Option(help="Score file (id,score, e.g. from `dedoppler`) to compare on the same ids; repeatable."),
+    ] = None,
 ) -> None:
     """ROC AUC with a 95 % bootstrap confidence interval (and log-loss, ECE for probabilities)."""
+    from seti_fastai.data.cadence import read_id_csv
+    from seti_fastai.evaluate.dedoppler import reference_auc
     from seti_fastai.evaluate.infer import evaluate
 
     r = evaluate(predictions, labels, n_boot)
@@ -327,7 +334,10 @@ def evaluate_cmd(
     line += f", {r['positives']} positive"
     if "logloss" in r:
         line += f"; log-loss {r['logloss']:.4f}, ECE {r['ece']:.4f}"
+    refs = [(path, reference_auc(path, read_id_csv(labels), n_boot)) for path in reference or []]
     typer.echo(line)
+    for path, ref in refs:
+        typer.echo(f"reference {path}: AUC {ref['auc']:.4f} (95% CI {ref['ci_low']:.4f}-{ref['ci_high']:.4f})")
 
 
 @command("report")
@@ -340,6 +350,107 @@ def report_cmd(
     path, table = write_report(runs_dir)
     typer.echo(table)
     typer.echo(f"report: {path}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# background matching
+
+
+@command("match")
+def match_cmd(
+    data: Annotated[Path, typer.Argument(help="Data folder in the Kaggle layout.")],
+    splits: Annotated[
+        str | None, typer.Option(help="Comma-separated splits to match across [default: all present].")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="CSV to write [default: matches.csv beside the data].")] = None,
+    work_dir: Annotated[Path, typer.Option(help="Folder for matches.csv when DATA is read-only.")] = Path("runs"),
+    min_overlap: Annotated[int, typer.Option(help="Fewest overlapping channels of a pair.")] = 16,
+    min_similarity: Annotated[
+        float | None, typer.Option(help="Lowest fingerprint similarity of a pair, -1..1 [default: 0.5].")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes for fingerprinting.")] = min(4, os.cpu_count() or 1),
+) -> None:
+    """Find cadences that share a background (shifted in frequency) across splits and write matches.csv."""
+    import time
+
+    from tqdm import tqdm
+
+    from seti_fastai.data.background import DEFAULT_MIN_SIMILARITY, check_thresholds, match_cadences
+    from seti_fastai.data.cadence import SPLITS, KaggleData, split_layout
+    from seti_fastai.errors import DataLayoutError
+    from seti_fastai.io import atomic_write_csv, derived_path
+
+    similarity = DEFAULT_MIN_SIMILARITY if min_similarity is None else min_similarity
+    check_thresholds(min_overlap, similarity)
+    kaggle = KaggleData(data)
+    present = [s for s in SPLITS if kaggle.has_split(s)]
+    chosen = list(dict.fromkeys(s.strip() for s in splits.split(",") if s.strip())) if splits else present
+    if not chosen:
+        raise DataLayoutError(f"{data}: no split to match (no {', '.join(v.labels for v in SPLITS.values())})")
+    for split in chosen:
+        split_layout(split)
+    total = sum(len(kaggle.read_labels(s)) for s in chosen)
+    start = time.perf_counter()
+    with tqdm(total=total, unit="cadence", desc="match", file=sys.stderr) as bar:
+        matches = match_cadences(kaggle, chosen, min_overlap, similarity, workers=workers, progress=bar.update)
+    seconds = time.perf_counter() - start
+    path = atomic_write_csv(matches, out if out is not None else derived_path(data, "matches.csv", work_dir))
+    found = matches["id"].nunique()
+    typer.echo(f"wrote {len(matches)} matches of {', '.join(chosen)} to {path}")
+    typer.echo(
+        f"{found} of {total} cadences ({found / total:.1%}) have at least one partner; "
+        f"{seconds:.1f} s, {total / seconds:.0f} cadences/s"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the physics reference
+
+
+@command("dedoppler")
+def dedoppler_cmd(
+    data: Annotated[Path, typer.Argument(help="Data folder in the Kaggle layout.")],
+    split: Annotated[str, typer.Option(help="train, test, old-train or old-test.")] = "train",
+    out: Annotated[
+        Path | None, typer.Option(help="CSV to write [default: dedoppler_<split>.csv beside the data].")
+    ] = None,
+    work_dir: Annotated[Path, typer.Option(help="Where the CSV goes if the data folder is read-only.")] = Path("runs"),
+    max_drift: Annotated[float, typer.Option(help="Largest drift searched, channels per row (both signs).")] = 0.12,
+    drift_step: Annotated[float, typer.Option(help="Step of the drift grid, channels per row.")] = 0.004,
+    gap_rows: Annotated[int, typer.Option(help="Rows of slew between panels along the drifting path.")] = 12,
+    pool: Annotated[int, typer.Option(help="Max-pool half-width (channels) of each panel's drift sum.")] = 3,
+    row_median: Annotated[bool, typer.Option("--row-median", help="Also remove each row's median.")] = False,
+    bs: Annotated[int, typer.Option(help="Cadences per batch.")] = 32,
+    workers: Annotated[int, typer.Option(help="DataLoader workers.")] = min(4, os.cpu_count() or 1),
+    device: Annotated[str | None, typer.Option(help="cpu or cuda [default: cuda when available].")] = None,
+) -> None:
+    """Score a split with an incoherent de-Doppler search (ON minus OFF panels); write id,score,drift,channel."""
+    import time
+
+    from tqdm import tqdm
+
+    from seti_fastai.data.cadence import KaggleData, split_layout
+    from seti_fastai.evaluate.dedoppler import DedopplerConfig, auc_by_fold, score_files
+    from seti_fastai.io import atomic_write_csv, derived_path
+
+    cfg = DedopplerConfig(max_drift, drift_step, gap_rows, pool, row_median)
+    cfg.validate()
+    kaggle = KaggleData(data)
+    ids = kaggle.read_labels(split)["id"]
+    kaggle.check_files(split, ids)
+    start = time.perf_counter()
+    with tqdm(total=len(ids), unit="cadence", desc="dedoppler", file=sys.stderr) as bar:
+        scores = score_files(kaggle.paths(split, ids), cfg, bs, workers, device, progress=bar.update)
+    seconds = time.perf_counter() - start
+    path = atomic_write_csv(
+        scores.assign(id=ids.to_numpy())[["id", "score", "drift", "channel"]],
+        out if out is not None else derived_path(data, f"dedoppler_{split}.csv", work_dir),
+    )
+    typer.echo(f"wrote {len(scores)} scores to {path}; {seconds:.1f} s, {len(scores) / seconds:.1f} cadences/s")
+    if split_layout(split).has_labels:
+        r = auc_by_fold(path, data, split)
+        folds = ", ".join(f"fold {k} {v:.4f}" for k, v in r["folds"].items())
+        typer.echo(f"AUC {r['auc']:.4f} on {r['n']} cadences" + (f" ({folds})" if folds else ""))
 
 
 def run_command(name: str) -> None:

@@ -18,7 +18,9 @@ import yaml
 from seti_fastai.errors import ConfigError
 
 PANELS = ("on", "all")
-LAYOUTS = ("stack", "channels")
+LAYOUTS = ("stack", "channels", "diff")
+BACKGROUNDS = ("none", "subtract")
+RESIZE_MODES = ("bilinear", "antialias", "area")
 HEADS = ("bce", "ce")
 STAGES = ("finetune", "pretrain")
 MIXUP_LABELS = ("max", "lerp")
@@ -45,7 +47,16 @@ class TrainConfig:
     n_folds: int = opt(4, "number of stratified folds")
     fold_seed: int = opt(42, "seed of the fold split (the fold CSV is reused once written)")
     panels: str = opt("on", "on: panels 0, 2, 4; all: the six panels")
-    layout: str = opt("stack", "stack: panels one under the other in one channel; channels: one panel per channel")
+    layout: str = opt(
+        "stack",
+        "stack: panels one under the other in one channel; channels: one panel per channel; diff: each ON panel minus "
+        "its neighbouring OFF panels (per-channel median removed), stacked (reads all six panels, ignores --panels)",
+    )
+    background: str = opt(
+        "none", "subtract: remove the background shared with overlapping cadences (needs matches.csv)"
+    )
+    matches: str | None = opt(None, "matches.csv of `seti-fastai match` [default: beside the data, else in --out]")
+    max_partners: int = opt(2, "overlapping partners used to cover the band when subtracting the background")
     standardize: bool = opt(False, "re-standardise each panel on load (the Kaggle files already are)")
     pos_share: float | None = opt(0.25, "share of positives per training batch (weighted sampling); 0: plain shuffling")
     workers: int = opt(min(8, os.cpu_count() or 1), "DataLoader worker processes")
@@ -56,6 +67,7 @@ class TrainConfig:
     drop_rate: float = opt(0.2, "dropout before the classifier")
     drop_path_rate: float = opt(0.1, "stochastic depth, where the architecture supports it")
     resizer: bool = opt(True, "learned resizing network (Talebi & Milanfar 2021) in front of the backbone")
+    resize_mode: str = opt("bilinear", "how the image is brought to --size: bilinear, antialias (bilinear) or area")
     head: str = opt("bce", "bce: 1 logit + BCE with logits; ce: 2 logits + cross-entropy")
     pos_weight: float | None = opt(None, "positive-class weight of the loss (the seed's weighted CE)")
     # schedule
@@ -76,6 +88,10 @@ class TrainConfig:
     mixup_alpha: float = opt(1.0, "Beta(alpha, alpha) mixing weights")
     mixup_label: str = opt("max", "max: OR of the two labels (top teams); lerp: weighted mean")
     aug_off_last: int = opt(0, "switch augmentation and mixup off for the last k epochs")
+    inject: float = opt(0.0, "probability that a negative training cadence gets a setigen needle and becomes positive")
+    inject_shapes: str = opt("line=1,squared=1,sine=1,random_walk=1", "needle shapes injected, as shape=weight pairs")
+    inject_brightness: list[float] = opt([0.25, 2.0], "injected needle brightness range, noise std (log-uniform)")
+    inject_max_drift: float = opt(0.12, "injected needles drift up to this many channels per row, either sign")
     # run
     seed: int = opt(42, "seed of weights, sampling, augmentation and mixup")
     init_from: str | None = opt(None, "run directory whose model.pth starts this run (same architecture)")
@@ -96,6 +112,8 @@ class TrainConfig:
         choose("stage", STAGES)
         choose("mixup_label", MIXUP_LABELS)
         choose("precision", PRECISIONS)
+        choose("background", BACKGROUNDS)
+        choose("resize_mode", RESIZE_MODES)
         if not self.size or any(s < 32 for s in self.size):
             raise ConfigError(f"size must be one or more sizes of at least 32; got {self.size}")
         if len(self.size) > self.epochs:
@@ -111,7 +129,22 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be in [0, 1]; got {getattr(self, name)}")
         if self.workers < 0 or self.aug_off_last < 0 or self.mixup_alpha <= 0:
             raise ConfigError("workers and aug_off_last must be >= 0, mixup_alpha > 0")
+        if self.max_partners < 1:
+            raise ConfigError(f"max_partners must be at least 1; got {self.max_partners}")
+        if not 0.0 <= self.inject <= 1.0:
+            raise ConfigError(f"inject must be in [0, 1]; got {self.inject}")
+        if len(self.inject_brightness) != 2:
+            raise ConfigError(f"inject_brightness must be two numbers, low,high; got {self.inject_brightness}")
+        self.needle_spec()  # raises on bad shapes, brightness or drift
         return self
+
+    def needle_spec(self):
+        """The `NeedleSpec` of `--inject` (shapes, brightness, drift), validated."""
+        from seti_fastai.data.inject import NeedleSpec, parse_shape_weights
+
+        lo, hi = self.inject_brightness
+        shapes = parse_shape_weights(self.inject_shapes, "inject_shapes")
+        return NeedleSpec(shapes, (lo, hi), self.inject_max_drift).validate()
 
     def size_schedule(self) -> list[int]:
         """The input size of each epoch: the sizes share the epochs evenly, the last size taking the remainder."""
@@ -143,10 +176,12 @@ def _coerce(name: str, value: Any) -> Any:
     base = next(a for a in hint.__args__ if a is not type(None)) if optional else hint
     if typing.get_origin(base) is list:
         items = value if isinstance(value, list) else str(value).split(",")
+        kind = typing.get_args(base)[0]
         try:
-            return [int(v) for v in items]
+            return [kind(v) for v in items]
         except (TypeError, ValueError):
-            raise ConfigError(f"{name} must be a list of integers; got {value!r}") from None
+            what = "integers" if kind is int else "numbers"
+            raise ConfigError(f"{name} must be a list of {what}; got {value!r}") from None
     if base is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{name} must be true or false; got {value!r}")

@@ -10,6 +10,7 @@ from seti_fastai.data.cadence import (
     CADENCE_SHAPE,
     KaggleData,
     cadence_to_image,
+    channel_medians,
     image_shape,
     load_cadence,
     read_id_csv,
@@ -57,6 +58,8 @@ def test_positive_share_matches_pos_rate(synth_data, synth_cfg):
         ("all", "stack", (1, 1638, 256)),
         ("on", "channels", (3, 273, 256)),
         ("all", "channels", (6, 273, 256)),
+        ("on", "diff", (1, 819, 256)),
+        ("all", "diff", (1, 819, 256)),
     ],
 )
 def test_cadence_to_image_shapes(panels, layout, shape):
@@ -148,3 +151,29 @@ def test_unreadable_npy_is_rejected(tmp_path):
     path = _write(tmp_path, "not numpy", "abc.npy")
     with pytest.raises(CadenceFileError, match=r"not a readable \.npy array"):
         load_cadence(path)
+
+
+def test_diff_layout_is_each_on_panel_minus_its_neighbouring_off_panels():
+    rng = np.random.default_rng(1)
+    cadence = rng.normal(size=CADENCE_SHAPE).astype(np.float32)
+    image = cadence_to_image(cadence, "on", "diff")[0]
+    centred = cadence - np.median(cadence, axis=1, keepdims=True)  # per panel, per channel, over time
+    expected = [
+        centred[0] - centred[1],
+        centred[2] - (centred[1] + centred[3]) / 2,
+        centred[4] - (centred[3] + centred[5]) / 2,
+    ]
+    for k in range(3):
+        np.testing.assert_allclose(image[k * 273 : (k + 1) * 273], expected[k], atol=1e-5)
+    np.testing.assert_allclose(channel_medians(cadence), np.median(cadence, axis=1, keepdims=True))
+
+
+def test_diff_layout_keeps_a_needle_and_cancels_what_on_and_off_share():
+    cadence = np.zeros(CADENCE_SHAPE, dtype=np.float32)
+    cadence[:, 100:140, 50] = 5.0  # RFI: the same short line in all six panels
+    cadence[[0, 2, 4], 10:60, 200] = 3.0  # a needle: ON panels only
+    cadence[[1, 3, 5], 10:60, 20] = 3.0  # a decoy: OFF panels only
+    image = cadence_to_image(cadence, "on", "diff")[0]
+    assert np.abs(image[:, 50]).max() == 0.0
+    assert image[10:60, 200].min() == 3.0
+    assert image[10:60, 20].max() < 0

@@ -8,7 +8,15 @@ import torch
 from seti_fastai.config import build_config
 from seti_fastai.errors import ConfigError
 from seti_fastai.model.heads import SetiLoss, log_odds, roc_auc
-from seti_fastai.model.models import LearnedResizer, build_model, check_arch, create_backbone, param_groups
+from seti_fastai.model.models import (
+    RESIZE_MODES,
+    LearnedResizer,
+    build_model,
+    check_arch,
+    create_backbone,
+    param_groups,
+    resize_image,
+)
 
 
 @pytest.mark.parametrize(("head", "n_out"), [("bce", 1), ("ce", 2)])
@@ -18,6 +26,24 @@ def test_model_output_shape(head, n_out, resizer):
     model = build_model(cfg, in_chans=1).eval()
     with torch.no_grad():
         assert model(torch.randn(2, 1, 819, 256)).shape == (2, n_out)
+
+
+def test_resize_modes_let_every_row_count():
+    x = torch.zeros(1, 1, 819, 256)
+    channels = torch.arange(256)
+    x[0, 0, channels * 3 + 1, channels] = 1.0  # a steep needle: one lit row per channel
+    lost = {m: int((resize_image(x, (256, 256), m)[0, 0].max(0).values == 0).sum()) for m in RESIZE_MODES}
+    assert lost["area"] == lost["antialias"] == 0
+    assert lost["bilinear"] > 50, "819 -> 256 bilinear reads 2 rows of every 3.2 and drops the rest"
+    with pytest.raises(ValueError, match="resize mode"):
+        resize_image(x, (64, 64), "nearest")
+
+
+@pytest.mark.parametrize("resizer", [True, False])
+def test_resize_mode_reaches_the_model(resizer):
+    cfg = build_config(overrides={"arch": "test_efficientnet", "size": "64", "resizer": resizer, "resize_mode": "area"})
+    model = build_model(cfg, 1)
+    assert model.resize.mode == "area" and model(torch.randn(2, 1, 819, 256)).shape == (2, 1)
 
 
 def test_learned_resizer_outputs_the_training_size():

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from seti_fastai.data.cadence import N_CHANNELS, OFF_PANELS, KaggleData, load_cadence
+from seti_fastai.data.inject import parse_shape_weights
 from seti_fastai.data.synth import (
     SynthConfig,
     import_setigen,
-    parse_shape_weights,
     plan_cadences,
     signal_of,
     write_synthetic,

@@ -221,3 +221,28 @@ def test_augmentation_switches_off_for_the_last_epochs(synth_data, tmp_path):
 def test_two_logit_head_trains_and_reports_auc(synth_data, tmp_path):
     metrics = train_fold(cfg_for(synth_data[0], tmp_path, head="ce", pos_weight=2.0), quiet=True)
     assert 0.0 <= metrics["best_auc"] <= 1.0 and metrics["best_auc"] == pytest.approx(metrics["oof_auc"])
+
+
+def test_needle_inputs_train_and_predict(synth_data, tmp_path):
+    """Background subtraction, the ON-minus-OFF layout, injection and area resizing together, train to predict."""
+    from seti_fastai.data.background import match_cadences
+    from seti_fastai.data.cadence import KaggleData
+    from seti_fastai.evaluate.infer import predict
+
+    matches = tmp_path / "matches.csv"
+    match_cadences(KaggleData(synth_data[0]), ["train", "test"]).to_csv(matches, index=False)
+    extra = dict(background="subtract", matches=str(matches), layout="diff", inject=0.5, resize_mode="area")
+    cfg = cfg_for(synth_data[0], tmp_path, **extra)
+    metrics = train_fold(cfg, quiet=True)
+    assert np.isfinite(metrics["best_auc"])
+    predictions = predict([cfg.run_dir()], synth_data[0])
+    assert len(predictions) == 16 and predictions["target"].between(0, 1).all()
+
+
+def test_background_subtraction_without_matches_is_one_clear_error(synth_data, tmp_path):
+    from seti_fastai.errors import DataLayoutError
+
+    cfg = cfg_for(synth_data[0], tmp_path, background="subtract", matches=str(tmp_path / "none.csv"))
+    with pytest.raises(DataLayoutError, match=r"none\.csv: matches file not found; run `seti-fastai match"):
+        train_fold(cfg, quiet=True)
+    assert not (tmp_path / "exp" / "fold0" / "model.pth").exists()

@@ -9,9 +9,11 @@ from fastai.torch_core import TensorImage
 from torch.utils.data import DataLoader, Dataset
 
 from seti_fastai.data.cadence import KaggleData
+from seti_fastai.data.inject import NeedleSpec
 from seti_fastai.learn.transforms import (
     AlbumentationsTransform,
     CadenceLoader,
+    InjectNeedle,
     SpecAugment,
     recipe_pipeline,
 )
@@ -101,3 +103,40 @@ def test_datablock_keeps_both_training_transforms(synth_data, tmp_path):
     dls = get_dls(build_config(overrides=dict(data=str(synth_data[0]), out=str(tmp_path), workers=0, bs=4)))
     kinds = [type(t).__name__ for t in dls.train.after_item.fs if isinstance(t, AlbumentationsTransform)]
     assert kinds == ["AlbumentationsTransform", "SpecAugment"]
+
+
+def _injected(p: float, targets: list[float], seed: int = 0):
+    torch.manual_seed(seed)
+    tfm = InjectNeedle(p, NeedleSpec(brightness=(1.0, 2.0)), panels="all", layout="channels")
+    x = _image(6, 273, 256)
+    return x, [tfm((x, torch.tensor(t)), split_idx=0) for t in targets]
+
+
+def test_injection_turns_negatives_into_positives_at_the_requested_rate():
+    x, out = _injected(0.4, [0.0] * 150)
+    changed = [not torch.equal(img, x) for img, _ in out]
+    labels = [float(y) for _, y in out]
+    assert changed == [y == 1.0 for y in labels], "a cadence changes exactly when it becomes a positive"
+    assert 0.25 < np.mean(labels) < 0.55, np.mean(labels)
+    for img, y in out:
+        if y == 1.0:
+            assert torch.equal(img[[1, 3, 5]], x[[1, 3, 5]]), "OFF panels stay untouched"
+            assert (img - x)[[0, 2, 4]].max() > 0.5, "the needle shows in the ON panels"
+
+
+def test_injection_leaves_positives_validation_and_p0_alone():
+    x, out = _injected(1.0, [1.0] * 5)
+    assert all(torch.equal(img, x) and float(y) == 1.0 for img, y in out)
+    tfm = InjectNeedle(1.0, NeedleSpec(), panels="all", layout="channels")
+    img, y = tfm((x, torch.tensor(0.0)), split_idx=1)
+    assert torch.equal(img, x) and float(y) == 0.0
+    _, out = _injected(0.0, [0.0] * 20)
+    assert all(float(y) == 0.0 for _, y in out)
+
+
+def test_injection_is_reproducible_from_the_seed():
+    a = _injected(0.5, [0.0] * 10, seed=3)[1]
+    b = _injected(0.5, [0.0] * 10, seed=3)[1]
+    c = _injected(0.5, [0.0] * 10, seed=4)[1]
+    assert all(torch.equal(i, j) for (i, _), (j, _) in zip(a, b, strict=True))
+    assert not all(torch.equal(i, j) for (i, _), (j, _) in zip(a, c, strict=True))

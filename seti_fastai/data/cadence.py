@@ -22,7 +22,7 @@ OFF_PANELS = (1, 3, 5)
 ALLOWED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
 
 Panels = Literal["on", "all"]
-Layout = Literal["stack", "channels"]
+Layout = Literal["stack", "channels", "diff"]
 SplitName = Literal["train", "test", "old-train", "old-test"]
 
 _HEX_ID = re.compile(r"^[0-9a-f]+$")
@@ -169,14 +169,37 @@ def standardize_panels(cadence: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     return (cadence - mean) / (std + eps)
 
 
+def channel_medians(cadence: np.ndarray) -> np.ndarray:
+    """Median over time of every panel's channels, shape (P, 1, F): `np.partition` on a transposed copy, about twice
+    as fast as `np.median(axis=1)` on this shape, same values."""
+    x = np.ascontiguousarray(cadence.transpose(0, 2, 1), dtype=np.float32)
+    n = x.shape[-1]
+    upper = np.partition(x, [(n - 1) // 2, n // 2], axis=-1)
+    median = (upper[..., (n - 1) // 2] + upper[..., n // 2]) / 2
+    return median[:, None, :]
+
+
+def on_minus_off(cadence: np.ndarray) -> np.ndarray:
+    """(6, T, F) -> (3, T, F): each ON panel minus the mean of its neighbouring OFF panels (ABACAD: 0 - 1,
+    2 - (1 + 3) / 2, 4 - (3 + 5) / 2), after removing each panel's per-channel median over time.
+
+    The median removes the bandpass and stationary RFI; the OFF subtraction removes what ON and OFF share, so a
+    needle (ON only) stays positive and an OFF-only decoy turns negative.
+    """
+    x = cadence - channel_medians(cadence)
+    return np.stack([x[0] - x[1], x[2] - (x[1] + x[3]) / 2, x[4] - (x[3] + x[5]) / 2]).astype(np.float32)
+
+
 def image_shape(panels: Panels = "on", layout: Layout = "stack") -> tuple[int, int, int]:
     """(C, H, W) of the image `cadence_to_image` makes."""
     n = len(panel_indices(panels))
+    if layout == "diff":
+        return (1, len(ON_PANELS) * N_TIMES, N_CHANNELS)
     if layout == "stack":
         return (1, n * N_TIMES, N_CHANNELS)
     if layout == "channels":
         return (n, N_TIMES, N_CHANNELS)
-    raise ValueError(f"layout must be 'stack' or 'channels', got {layout!r}")
+    raise ValueError(f"layout must be 'stack', 'channels' or 'diff', got {layout!r}")
 
 
 def cadence_to_image(
@@ -185,8 +208,12 @@ def cadence_to_image(
     """Turn a (6, 273, 256) cadence into a float32 (C, H, W) image.
 
     `panels`: "on" keeps panels 0, 2, 4; "all" keeps the six. `layout`: "stack" puts the panels one under the other
-    along time in one channel (819 x 256 or 1638 x 256); "channels" keeps one panel per channel.
+    along time in one channel (819 x 256 or 1638 x 256); "channels" keeps one panel per channel; "diff" stacks the
+    three ON-minus-OFF panels of `on_minus_off` (819 x 256) and reads all six panels whatever `panels` says.
     """
+    if layout == "diff":
+        chosen = standardize_panels(cadence) if standardize else cadence
+        return np.ascontiguousarray(on_minus_off(chosen).reshape(1, -1, cadence.shape[-1]))
     chosen = cadence[list(panel_indices(panels))].astype(np.float32, copy=False)
     if standardize:
         chosen = standardize_panels(chosen)
@@ -194,4 +221,4 @@ def cadence_to_image(
         return np.ascontiguousarray(chosen.reshape(1, -1, chosen.shape[-1]))
     if layout == "channels":
         return np.ascontiguousarray(chosen)
-    raise ValueError(f"layout must be 'stack' or 'channels', got {layout!r}")
+    raise ValueError(f"layout must be 'stack', 'channels' or 'diff', got {layout!r}")

@@ -19,7 +19,6 @@ seed only, not on the number of worker processes.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -38,15 +37,18 @@ from seti_fastai.data.cadence import (
     SPLITS,
     standardize_panels,
 )
+from seti_fastai.data.inject import (
+    check_shape_weights,
+    hz,
+    hz_per_s,
+    import_setigen,
+    setigen_frame,
+    timeline_signal,
+)
 from seti_fastai.errors import ConfigError
 from seti_fastai.io import atomic_dir, atomic_write_csv, atomic_write_json
 
 STRIP_CHANNELS = 4 * N_CHANNELS  # a strip holds 4 bands side by side; cut offsets overlap heavily
-SLEW_ROWS = 12  # rows of time between two panels while the telescope slews; needles keep drifting through them
-TIMELINE_ROWS = N_PANELS * N_TIMES + (N_PANELS - 1) * SLEW_ROWS
-NEEDLE_SHAPES = ("line", "squared", "sine", "random_walk")
-# setigen's default resolution is Breakthrough Listen's high-resolution product; only its ratio df/dt matters here.
-DF_HZ, DT_S = 2.7939677238464355, 18.253611008
 
 DIFFICULTY: dict[str, tuple[float, float]] = {
     # needle brightness per pixel, in units of the background noise std, drawn log-uniformly
@@ -109,32 +111,6 @@ class SynthConfig:
             sizes["old-train"] = self.n_old_train if self.n_old_train is not None else self.n_train
             sizes["old-test"] = self.n_old_test if self.n_old_test is not None else self.n_test
         return sizes
-
-
-def check_shape_weights(weights: dict[str, float], name: str = "shape weights") -> None:
-    """Raise unless `weights` maps known needle shapes to non-negative weights with a positive sum."""
-    unknown = sorted(set(weights) - set(NEEDLE_SHAPES))
-    if unknown:
-        raise ConfigError(
-            f"{name}: unknown needle shape(s) {', '.join(unknown)}; choose from {', '.join(NEEDLE_SHAPES)}"
-        )
-    if any(not w >= 0 for w in weights.values()) or sum(weights.values()) <= 0:
-        raise ConfigError(f"{name}: weights must be >= 0 with a positive sum; got {weights}")
-
-
-def parse_shape_weights(text: str, name: str = "shape weights") -> dict[str, float]:
-    """`"sine=0.6,line=0.4"` -> {"sine": 0.6, "line": 0.4}, checked."""
-    weights: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        try:
-            weights[key.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise ConfigError(f"{name}: expected shape=weight pairs like sine=0.6,line=0.4; got {part!r}")
-    check_shape_weights(weights, name)
-    return weights
 
 
 def _shape_probabilities(weights: dict[str, float]) -> tuple[list[str], np.ndarray]:
@@ -201,90 +177,9 @@ def plan_cadences(cfg: SynthConfig) -> pd.DataFrame:
 # Drawing: backgrounds, signals, cadences
 
 
-def import_setigen():
-    """Import setigen quietly (blimpy warns about pkg_resources at import)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import setigen
-
-    return setigen
-
-
-def _frame(stg, fchans: int, tchans: int, rng: np.random.Generator):
-    from astropy import units as u
-
-    return stg.Frame(
-        fchans=fchans,
-        tchans=tchans,
-        df=DF_HZ * u.Hz,
-        dt=DT_S * u.s,
-        fch1=0 * u.Hz,
-        ascending=True,
-        seed=rng,
-        t_start=0.0,
-    )
-
-
-def _hz(channels: float) -> float:
-    return channels * DF_HZ
-
-
-def _hz_per_s(channels_per_row: float) -> float:
-    return channels_per_row * DF_HZ / DT_S
-
-
-def _signal_path(stg, shape: str, f0: float, drift: float, rng: np.random.Generator):
-    """A setigen path function, `f0` in channels and `drift` in channels per row."""
-    if shape == "line":
-        return stg.constant_path(f_start=_hz(f0), drift_rate=_hz_per_s(drift))
-    if shape == "squared":
-        # setigen's squared path: f0 + drift * t^2 / 2; scale so the bend spans a few dozen channels
-        curvature = rng.choice([-1, 1]) * rng.uniform(20, 80) * 2 / TIMELINE_ROWS**2
-        return stg.squared_path(f_start=_hz(f0), drift_rate=_hz_per_s(curvature) / DT_S)
-    if shape == "sine":
-        return stg.sine_path(
-            f_start=_hz(f0),
-            drift_rate=_hz_per_s(drift),
-            period=rng.uniform(0.3, 1.2) * TIMELINE_ROWS * DT_S,
-            amplitude=_hz(rng.uniform(5, 30)),
-        )
-    if shape == "random_walk":
-        return stg.simple_rfi_path(
-            f_start=_hz(f0),
-            drift_rate=_hz_per_s(drift),
-            spread=_hz(rng.uniform(0.3, 1.0)),
-            spread_type="normal",
-            rfi_type="random_walk",
-            seed=rng,
-        )
-    raise ValueError(f"unknown needle shape {shape!r}")
-
-
-def _timeline_signal(stg, shape: str, brightness: float, rng: np.random.Generator) -> np.ndarray:
-    """A (6, 273, 256) signal in noise-std units, drawn on the whole cadence timeline (slews included)."""
-    frame = _frame(stg, N_CHANNELS, TIMELINE_ROWS, rng)
-    drift = rng.choice([-1, 1]) * rng.uniform(0.0, 0.12)  # channels per row; 0.12 crosses ~200 channels
-    f_mid = rng.uniform(0.2, 0.8) * N_CHANNELS  # where the signal is half-way through the cadence
-    f0 = f_mid if shape == "squared" else f_mid - drift * TIMELINE_ROWS / 2
-    width = rng.uniform(1.0, 4.0)
-    f_profile = stg.gaussian_f_profile(width=_hz(width)) if rng.random() < 0.7 else stg.box_f_profile(width=_hz(width))
-    if rng.random() < 0.6:
-        t_profile = stg.constant_t_profile(level=brightness)
-    else:  # brightness modulated by a slow sine, never negative
-        t_profile = stg.sine_t_profile(
-            period=rng.uniform(0.1, 0.5) * TIMELINE_ROWS * DT_S,
-            phase=rng.uniform(0, TIMELINE_ROWS * DT_S),
-            amplitude=0.5 * brightness,
-            level=brightness,
-        )
-    frame.add_signal(_signal_path(stg, shape, f0, drift, rng), t_profile, f_profile, stg.constant_bp_profile(level=1))
-    starts = [p * (N_TIMES + SLEW_ROWS) for p in range(N_PANELS)]
-    return np.stack([frame.data[s : s + N_TIMES] for s in starts]).astype(np.float32)
-
-
 def _background_strip(stg, rng: np.random.Generator) -> np.ndarray:
     """A (6, 273, STRIP_CHANNELS) background in noise-std units: chi2 noise x bandpass x panel gain, plus RFI."""
-    frame = _frame(stg, STRIP_CHANNELS, N_PANELS * N_TIMES, rng)
+    frame = setigen_frame(stg, STRIP_CHANNELS, N_PANELS * N_TIMES, rng)
     frame.add_noise(x_mean=1.0, noise_type="chi2")
     noise = (frame.data - 1.0) / frame.noise_std + 10.0  # unit std around a positive level
     strip = noise.reshape(N_PANELS, N_TIMES, STRIP_CHANNELS)
@@ -294,24 +189,24 @@ def _background_strip(stg, rng: np.random.Generator) -> np.ndarray:
     gains = rng.uniform(0.8, 1.25, size=(N_PANELS, 1, 1))
     strip = strip * bandpass * gains
     # RFI seen in all six panels: stationary narrow lines, sometimes jittering or gently drifting
-    rfi = _frame(stg, STRIP_CHANNELS, N_PANELS * N_TIMES, rng)
+    rfi = setigen_frame(stg, STRIP_CHANNELS, N_PANELS * N_TIMES, rng)
     for _ in range(int(rng.integers(0, 6))):
         f0 = rng.uniform(0, STRIP_CHANNELS)
         if rng.random() < 0.6:
-            path = stg.constant_path(f_start=_hz(f0), drift_rate=0.0)
+            path = stg.constant_path(f_start=hz(f0), drift_rate=0.0)
         else:
             path = stg.simple_rfi_path(
-                f_start=_hz(f0),
-                drift_rate=_hz_per_s(rng.uniform(-0.01, 0.01)),
-                spread=_hz(rng.uniform(0.5, 2.0)),
+                f_start=hz(f0),
+                drift_rate=hz_per_s(rng.uniform(-0.01, 0.01)),
+                spread=hz(rng.uniform(0.5, 2.0)),
                 spread_type="uniform",
                 seed=rng,
             )
         rfi.add_signal(
             path,
             stg.constant_t_profile(level=float(np.exp(rng.uniform(np.log(0.5), np.log(8))))),
-            stg.gaussian_f_profile(width=_hz(rng.uniform(0.8, 3.0))),
-            bounding_f_range=(_hz(f0 - 40), _hz(f0 + 40)),
+            stg.gaussian_f_profile(width=hz(rng.uniform(0.8, 3.0))),
+            bounding_f_range=(hz(f0 - 40), hz(f0 + 40)),
         )
     strip = strip + rfi.data.reshape(strip.shape)
     # broadband bursts: a few rows with extra power over a wide band, in any panel
@@ -328,7 +223,7 @@ def signal_of(stg, row: pd.Series | dict, seed: int) -> np.ndarray:
     if row["kind"] == "none":
         return np.zeros((N_PANELS, N_TIMES, N_CHANNELS), dtype=np.float32)
     rng = np.random.default_rng([seed, 2, int(row["index"])])
-    return _timeline_signal(stg, row["shape"], float(row["brightness"]), rng)
+    return timeline_signal(stg, row["shape"], float(row["brightness"]), rng)
 
 
 def signal_panels(row: pd.Series | dict) -> list[int]:

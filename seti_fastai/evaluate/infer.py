@@ -28,10 +28,11 @@ from seti_fastai.config import TrainConfig, load_run_config
 from seti_fastai.data.cadence import KaggleData, image_shape, read_id_csv
 from seti_fastai.errors import ConfigError, LabelFileError, RunDirError
 from seti_fastai.io import atomic_write_csv, atomic_write_json
+from seti_fastai.learn.datablock import run_partners
 from seti_fastai.learn.train import load_weights
-from seti_fastai.learn.transforms import CadenceLoader, train_transforms
+from seti_fastai.learn.transforms import CadenceLoader, Partners, train_transforms
 from seti_fastai.model.heads import SetiLoss, log_odds, logit_np, sigmoid_np
-from seti_fastai.model.models import BilinearResize, SetiModel, build_model
+from seti_fastai.model.models import Resize, SetiModel, build_model
 
 COMBINES = ("prob", "logit")
 
@@ -88,12 +89,15 @@ def _combine(z: np.ndarray, combine: str, axis: int = 0) -> np.ndarray:
     return logit_np(sigmoid_np(z).mean(axis=axis))
 
 
-def inference_dl(cfg: TrainConfig, paths: list[str], bs: int, workers: int, device) -> TfmdDL:
+def inference_dl(
+    cfg: TrainConfig, paths: list[str], bs: int, workers: int, device, partners: Partners | None = None
+) -> TfmdDL:
     """Un-shuffled DataLoader over cadence files, carrying the run's training augmentations (used by fastai's TTA
     only when it switches the dataset to the training split)."""
     _, h, w = image_shape(cfg.panels, cfg.layout)
     items = pd.DataFrame({"path": paths})
-    dsets = Datasets(items, tfms=[[ColReader("path"), CadenceLoader(cfg.panels, cfg.layout, cfg.standardize)]])
+    loader = CadenceLoader(cfg.panels, cfg.layout, cfg.standardize, partners)
+    dsets = Datasets(items, tfms=[[ColReader("path"), loader]])
     return TfmdDL(
         dsets,
         bs=bs,
@@ -115,8 +119,8 @@ def predict_views(
 ) -> np.ndarray:
     """Log-odds (n_views, n) from one batched forward pass per batch: all views go through the model together."""
     model = model.to(device).eval()
-    # a bilinear resize commutes with flips: resize once, flip the small images (the learned resizer does not)
-    resize_first = isinstance(model.resize, BilinearResize)
+    # a plain resize (any mode) commutes with flips: resize once, flip the small images (the learned resizer does not)
+    resize_first = isinstance(model.resize, Resize)
     out = []
     for (x,) in dl:
         x = x.to(device)
@@ -202,7 +206,7 @@ def predict(
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     per_run = []
     for cfg, model in loaded:
-        dl = inference_dl(cfg, paths, bs, workers, dev)
+        dl = inference_dl(cfg, paths, bs, workers, dev, run_partners(cfg, data))
         if tta.isdigit():
             per_run.append(predict_fastai_tta(cfg, model, dl, int(tta), beta, combine))
         else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from fastai.callback.data import WeightedDL  # noqa: F401  (patches DataBlock.weighted_dataloaders)
@@ -13,7 +15,8 @@ from seti_fastai.config import TrainConfig
 from seti_fastai.data.cadence import KaggleData, image_shape
 from seti_fastai.data.folds import check_fold, load_or_make_folds
 from seti_fastai.errors import DataLayoutError
-from seti_fastai.learn.transforms import CadenceLoader, to_float_target, train_transforms
+from seti_fastai.io import derived_path
+from seti_fastai.learn.transforms import CadenceLoader, Partners, to_float_target, train_transforms
 
 
 def _with_paths(kaggle: KaggleData, split: str, df: pd.DataFrame) -> pd.DataFrame:
@@ -52,10 +55,33 @@ def sample_weights(targets: np.ndarray, pos_share: float) -> np.ndarray:
     return np.where(targets == 1, pos_share / n_pos, (1 - pos_share) / n_neg)
 
 
-def data_block(cfg: TrainConfig) -> DataBlock:
+def load_partners(data: Path | str, matches: Path | str | None, work_dir: Path | str, max_partners: int) -> Partners:
+    """Cadence id -> its best overlapping partners' files and shifts, from `matches.csv` (found beside the data or
+    in `work_dir` unless given), checked against the ids of every split present."""
+    from seti_fastai.data.background import partner_paths, read_matches
+    from seti_fastai.data.cadence import SPLITS
+
+    kaggle = KaggleData(data)
+    path = Path(matches) if matches else derived_path(kaggle.root, "matches.csv", work_dir)
+    if not path.is_file():
+        raise DataLayoutError(
+            f"{path}: matches file not found; run `seti-fastai match {kaggle.root}` first or pass --matches"
+        )
+    known = {i for split in SPLITS if kaggle.has_split(split) for i in kaggle.read_labels(split)["id"]}
+    return partner_paths(read_matches(path, known), kaggle, max_partners)
+
+
+def run_partners(cfg: TrainConfig, data: Path | str | None = None) -> Partners | None:
+    """The partners a run's background subtraction uses on `data` (default: its training data), or None."""
+    if cfg.background != "subtract":
+        return None
+    return load_partners(data or cfg.data, cfg.matches, cfg.out, cfg.max_partners)
+
+
+def data_block(cfg: TrainConfig, partners: Partners | None = None) -> DataBlock:
     _, h, w = image_shape(cfg.panels, cfg.layout)
     return DataBlock(
-        blocks=(TransformBlock(type_tfms=CadenceLoader(cfg.panels, cfg.layout, cfg.standardize)),
+        blocks=(TransformBlock(type_tfms=CadenceLoader(cfg.panels, cfg.layout, cfg.standardize, partners)),
                 TransformBlock(type_tfms=to_float_target)),
         get_x=ColReader("path"),
         get_y=ColReader("target"),
@@ -68,7 +94,7 @@ def get_dls(cfg: TrainConfig, items: pd.DataFrame | None = None, bs: int | None 
     """Train/valid DataLoaders. With `cfg.pos_share`, training batches are drawn with replacement so that the
     minority class makes up about that share of each batch."""
     items = training_items(cfg) if items is None else items
-    block = data_block(cfg)
+    block = data_block(cfg, run_partners(cfg))
     kwargs = dict(bs=bs or cfg.bs, num_workers=cfg.workers, device=device)
     if cfg.pos_share is None:
         return block.dataloaders(items, **kwargs)

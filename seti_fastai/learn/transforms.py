@@ -1,4 +1,5 @@
-"""fastai Transforms: loading a cadence as an image, the albumentations recipe, SpecAugment.
+"""fastai Transforms: loading a cadence as an image (with its shared background removed), needle injection, the
+albumentations recipe, SpecAugment.
 
 Image orientation everywhere: height = time (panels stacked), width = frequency. The seed's "vflip" flipped the
 frequency axis of images drawn with frequency vertical; here that is `A.HorizontalFlip`. A time flip is not
@@ -7,26 +8,84 @@ used for training: with `panels=all` it would move ON panels into OFF slots and 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import albumentations as A
 import cv2
 import numpy as np
 import torch
-from fastai.data.transforms import DisplayedTransform
+from fastai.data.transforms import DisplayedTransform, ItemTransform
 from fastai.torch_core import TensorImage
 
+from seti_fastai.data.background import subtract_background
 from seti_fastai.data.cadence import Layout, Panels, cadence_to_image, load_cadence
+from seti_fastai.data.inject import NeedleSpec, draw_needle, import_setigen
+
+Partners = dict[str, list[tuple[str, int]]]  # cadence id -> [(partner file, shift), ...], best first
 
 
 class CadenceLoader(DisplayedTransform):
-    """Path of a `.npy` cadence -> float32 `TensorImage` (C, H, W), validated on the way."""
+    """Path of a `.npy` cadence -> float32 `TensorImage` (C, H, W), validated on the way.
 
-    def __init__(self, panels: Panels = "on", layout: Layout = "stack", standardize: bool = False):
+    With `partners` (from `matches.csv`), the background shared with overlapping cadences is subtracted first
+    (`seti_fastai.data.background.subtract_background`); a cadence without a partner passes unchanged.
+    """
+
+    def __init__(
+        self,
+        panels: Panels = "on",
+        layout: Layout = "stack",
+        standardize: bool = False,
+        partners: Partners | None = None,
+    ):
         super().__init__()
-        self.panels, self.layout, self.standardize = panels, layout, standardize
+        self.panels, self.layout, self.standardize, self.partners = panels, layout, standardize, partners
 
     def encodes(self, path) -> TensorImage:
-        image = cadence_to_image(load_cadence(path), self.panels, self.layout, self.standardize)
+        cadence = load_cadence(path)
+        if self.partners:
+            found = self.partners.get(Path(path).stem, [])
+            cadence = subtract_background(cadence, [(load_cadence(p), shift) for p, shift in found])
+        image = cadence_to_image(cadence, self.panels, self.layout, self.standardize)
         return TensorImage(torch.from_numpy(image))
+
+
+class InjectNeedle(ItemTransform):
+    """With probability `p`, add a setigen needle to a negative training cadence's ON panels and label it 1.
+
+    Runs on the (image, target) pair after loading, so it works for every layout: the needle is drawn as a cadence
+    (6, 273, 256), zero in the OFF panels, and turned into an image the same way (every layout is linear in it; the
+    per-channel median of `diff` is that of the noise, which a thin needle hardly moves). Brightness is in units of
+    the panel's noise std, so it stays right after background subtraction, which leaves a needle as it was. Draws
+    come from a generator reseeded from `torch.initial_seed()`, like `AlbumentationsTransform`: reproducible from
+    the run's seed, different in every worker and epoch.
+    """
+
+    split_idx = 0  # training set only
+    order = 1  # after loading, before the augmentations
+
+    def __init__(self, p: float, spec: NeedleSpec, panels: Panels = "on", layout: Layout = "stack"):
+        super().__init__()
+        self.p, self.spec, self.panels, self.layout = p, spec, panels, layout
+        self._seeded_with: int | None = None
+        self._rng = np.random.default_rng(0)
+        self._stg = None
+
+    def _generator(self) -> np.random.Generator:
+        seed = torch.initial_seed() % 2**32
+        if seed != self._seeded_with:
+            self._rng, self._seeded_with = np.random.default_rng([seed, 0x5E71]), seed
+        return self._rng
+
+    def encodes(self, sample):  # no annotation: fastcore would dispatch on it and skip tuples
+        x, y = sample
+        rng = self._generator()
+        if float(y) != 0.0 or rng.random() >= self.p:
+            return sample
+        if self._stg is None:
+            self._stg = import_setigen()
+        needle = cadence_to_image(draw_needle(self._stg, self.spec, rng), self.panels, self.layout)
+        return TensorImage(x + torch.from_numpy(needle)), torch.ones_like(y)
 
 
 def to_float_target(target) -> torch.Tensor:
@@ -120,9 +179,11 @@ class SpecAugment(AlbumentationsTransform):
         super().__init__(spec_augment_pipeline(height, width, alpha, p), rescale=False, order=6)
 
 
-def train_transforms(cfg, image_hw: tuple[int, int]) -> list[AlbumentationsTransform]:
-    """The training-only item transforms of a config: the recipe pipeline, then SpecAugment."""
-    tfms = []
+def train_transforms(cfg, image_hw: tuple[int, int]) -> list:
+    """The training-only item transforms of a config: needle injection, the recipe pipeline, then SpecAugment."""
+    tfms: list = []
+    if cfg.inject > 0:
+        tfms.append(InjectNeedle(cfg.inject, cfg.needle_spec(), cfg.panels, cfg.layout))
     if max(cfg.freq_flip_p, cfg.affine_p, cfg.motion_blur_p) > 0:
         tfms.append(AlbumentationsTransform(recipe_pipeline(cfg.freq_flip_p, cfg.affine_p, cfg.motion_blur_p), order=5))
     if cfg.spec_augment_p > 0:

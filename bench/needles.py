@@ -1,0 +1,133 @@
+"""Does the toolkit find needles? Test AUC of the de-Doppler reference and of the recipe with each input-side idea.
+
+    seti-fastai synth abl --n-train 2000 --n-test 1000 --difficulty realistic --seed 1 \\
+        --shape-weights line=0.55,squared=0.2,sine=0.05,random_walk=0.2 \\
+        --test-shape-weights sine=0.6,line=0.2,squared=0.1,random_walk=0.1
+    seti-fastai match abl
+    .venv/bin/python bench/needles.py --data abl --runs runs_needles --out docs/needles.md --seeds 42 43
+
+Every row trains fold 0 of the same set (resnet18 at 256, 3 epochs, from scratch) and predicts the test split, whose
+needle shapes differ from train's, with flip TTA; the test AUC is scored against `<data>_hidden/test_labels.csv`.
+Finished rows are reused (delete a row's run folder to redo it), so the table can grow over several sessions;
+it is rewritten after each row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import pandas as pd
+
+from seti_fastai.config import build_config
+from seti_fastai.data.cadence import KaggleData
+from seti_fastai.evaluate.dedoppler import DedopplerConfig, score_files
+from seti_fastai.evaluate.infer import evaluate, predict, write_submission
+from seti_fastai.io import atomic_write_csv, atomic_write_json, atomic_write_text
+from seti_fastai.learn.train import train_fold
+
+ROWS: dict[str, tuple[str, dict]] = {  # run name -> (table label, config fields over the defaults)
+    "default": ("default recipe", {}),
+    "subtract": ("+ background subtraction (`--background subtract`)", dict(background="subtract")),
+    "diff": ("+ ON-minus-OFF input (`--layout diff`)", dict(layout="diff")),
+    "inject": ("+ injected needles (`--inject 0.3`)", dict(inject=0.3)),
+    "antialias": ("+ antialiased resize (`--resize-mode antialias`)", dict(resize_mode="antialias")),
+    "area": ("+ area resize (`--resize-mode area`)", dict(resize_mode="area")),
+}
+
+
+def _number(value: str) -> str | float:
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def test_auc(scores_csv: Path, hidden: Path) -> dict:
+    return evaluate(scores_csv, hidden / "test_labels.csv", n_boot=500)
+
+
+def dedoppler_row(data: Path, hidden: Path, runs: Path) -> dict:
+    out = runs / "dedoppler" / "test.csv"
+    if not out.is_file():
+        kaggle = KaggleData(data)
+        ids = kaggle.read_labels("test")["id"].tolist()
+        start = time.perf_counter()
+        scores = score_files(kaggle.paths("test", ids), DedopplerConfig(), workers=2)["score"].to_numpy()
+        seconds = time.perf_counter() - start
+        atomic_write_csv(pd.DataFrame({"id": ids, "target": scores}), out)
+        atomic_write_json(out.with_suffix(".json"), dict(seconds=seconds))
+    seconds = json.loads(out.with_suffix(".json").read_text())["seconds"]
+    return dict(valid=float("nan"), seconds=seconds, **test_auc(out, hidden))
+
+
+def model_row(name: str, extra: dict, seed: int, args: argparse.Namespace) -> dict:
+    run_dir = args.runs / f"{name}-s{seed}" / "fold0"
+    test_csv = run_dir / "test.csv"
+    if not (run_dir / "metrics.json").is_file():
+        cfg = build_config(
+            overrides=dict(
+                data=str(args.data), out=str(args.runs), name=f"{name}-s{seed}", fold=0, arch=args.arch,
+                size=[args.size], epochs=args.epochs, bs=args.bs, lr=args.lr, workers=args.workers, seed=seed,
+                **extra,
+            )
+        )  # fmt: skip
+        train_fold(cfg, quiet=True)
+    if not test_csv.is_file():
+        write_submission(predict([run_dir], args.data, tta="flips", workers=args.workers), test_csv)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return dict(valid=metrics["best_auc"], seconds=metrics["wall_seconds"], **test_auc(test_csv, args.hidden))
+
+
+def table(results: list[tuple[str, int | None, dict]]) -> str:
+    lines = [
+        "| setup | seed | valid AUC (fold 0) | test AUC (95 % CI) | train seconds |",
+        "|---|---|---|---|---|",
+    ]
+    for label, seed, r in results:
+        valid = "" if r["valid"] != r["valid"] else f"{r['valid']:.3f}"
+        lines.append(
+            f"| {label} | {seed if seed is not None else ''} | {valid} | "
+            f"{r['auc']:.3f} ({r['ci_low']:.3f}-{r['ci_high']:.3f}) | {r['seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="synthetic data root (its _hidden folder beside it)")
+    p.add_argument("--runs", type=Path, default=Path("runs_needles"))
+    p.add_argument("--out", type=Path, default=Path("docs/needles.md"))
+    p.add_argument("--rows", nargs="*", choices=list(ROWS), help="rows to run (default: all)")
+    p.add_argument("--combo", action="append", default=[], help="extra row: field=value,... of config fields")
+    p.add_argument("--seeds", nargs="+", type=int, default=[42])
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--bs", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args()
+    args.hidden = args.data.parent / f"{args.data.name}_hidden"
+
+    rows = {k: v for k, v in ROWS.items() if not args.rows or k in args.rows}
+    for combo in args.combo:
+        fields = dict(kv.split("=", 1) for kv in combo.split(","))
+        name = "combo-" + "-".join(f"{k}={v}" for k, v in sorted(fields.items())).replace("_", "")
+        rows[name] = (f"all that help: `{combo}`", {k: _number(v) for k, v in fields.items()})
+    results = [("de-Doppler reference (no training)", None, dedoppler_row(args.data, args.hidden, args.runs))]
+    print(table(results), flush=True)
+    for seed in args.seeds:
+        for name, (label, extra) in rows.items():
+            results.append((label, seed, model_row(name, extra, seed, args)))
+            print(table(results).splitlines()[-1], flush=True)
+            atomic_write_text(args.out, table(results) + "\n")
+
+
+if __name__ == "__main__":
+    main()
