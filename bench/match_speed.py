@@ -1,8 +1,8 @@
 """Speed, memory and accuracy of background matching (seti_fastai.data.background), with a 100k extrapolation.
 
-.venv/bin/python bench/match_speed.py --data /work/exp/abl            # truth from /work/exp/abl_hidden/meta.csv
+.venv/bin/python bench/match_speed.py --data abl            # truth from abl_hidden/meta.csv
 .venv/bin/python bench/match_speed.py --n 600                         # makes a small synthetic set first
-.venv/bin/python bench/match_speed.py --data /work/exp/abl --simulate 100000   # also match 100k planted fingerprints
+.venv/bin/python bench/match_speed.py --data abl --simulate 100000   # also match 100k planted fingerprints
 
 Fingerprinting reads 2 x 32 rows of every file and is linear in the number of cadences (disk-bound on real data).
 Matching sorts 2 x 256 hashes per cadence (n log n) and verifies the candidates (linear in the number of true

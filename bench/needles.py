@@ -119,7 +119,7 @@ def main() -> None:
     for combo in args.combo:
         fields = dict(kv.split("=", 1) for kv in combo.split(","))
         name = "combo-" + "-".join(f"{k}={v}" for k, v in sorted(fields.items())).replace("_", "")
-        rows[name] = (f"all that help: `{combo}`", {k: _number(v) for k, v in fields.items()})
+        rows[name] = (f"combined: `{combo}`", {k: _number(v) for k, v in fields.items()})
     results = [("de-Doppler reference (no training)", None, dedoppler_row(args.data, args.hidden, args.runs))]
     print(table(results), flush=True)
     for seed in args.seeds:
