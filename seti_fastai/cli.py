@@ -140,20 +140,40 @@ def folds_cmd(
     check_arrays: Annotated[
         bool, typer.Option("--check-arrays", help="Also load every cadence: shape, dtype, NaN/inf (slow).")
     ] = False,
+    work_dir: Annotated[
+        Path, typer.Option(help="Folder for the fold CSV when DATA is read-only, and for the bad-array report.")
+    ] = Path("runs"),
 ) -> None:
     """Check every listed file exists, then make (or reuse) stratified folds and show the class balance."""
+    import pandas as pd
     from tqdm import tqdm
 
     from seti_fastai.data.cadence import KaggleData, load_cadence
     from seti_fastai.data.folds import fold_summary, load_or_make_folds
+    from seti_fastai.errors import CadenceFileError
+    from seti_fastai.io import atomic_write_csv
 
     kaggle = KaggleData(data)
     labels = kaggle.read_labels(split)
-    kaggle.check_files(split, labels["id"])
-    if check_arrays:
-        for path in tqdm(kaggle.paths(split, labels["id"]), unit="cadence", desc="check", file=sys.stderr):
-            load_cadence(path)
-    folds, path, created = load_or_make_folds(labels, data, k=k, seed=seed, split=split)
+    if check_arrays:  # every file, then one report of all that are bad
+        bad: list[tuple[str, str]] = []
+        paths = kaggle.paths(split, labels["id"])
+        for path in tqdm(paths, unit="cadence", desc="check", file=sys.stderr):
+            try:
+                load_cadence(path)
+            except CadenceFileError as e:
+                bad.append((str(path), one_line(e).removeprefix(f"{path}: ")))
+        if bad:
+            report = work_dir / f"bad_arrays_{split}.csv"
+            try:
+                where = f"all listed in {atomic_write_csv(pd.DataFrame(bad, columns=['path', 'reason']), report)}"
+            except OSError as e:
+                where = f"no list written ({report}: {e.strerror or e})"
+            first = "; ".join(f"{p}: {r}" for p, r in bad[:3])
+            fail(f"{len(bad)} of {len(paths)} cadence files are bad, {where}; first: {first}")
+    else:
+        kaggle.check_files(split, labels["id"])
+    folds, path, created = load_or_make_folds(labels, data, k=k, seed=seed, split=split, work_dir=work_dir)
     typer.echo(f"{'wrote' if created else 'reusing'} {path}")
     typer.echo(fold_summary(folds).to_string())
 
@@ -222,15 +242,28 @@ ALL_FOLDS = inspect.Parameter(
 def train_cmd(overrides: dict[str, Any], config: Path | None, all_folds: bool, quiet: bool) -> None:
     """Train one fold (or --all-folds, or --stage pretrain) and write its run directory."""
     from seti_fastai.config import build_config
-    from seti_fastai.learn.train import train_fold
+    from seti_fastai.learn.train import run_state, train_fold
 
     cfg = build_config(config, overrides)
-    folds = range(cfg.n_folds) if all_folds else [cfg.fold]
-    for fold in folds:
+    if all_folds and cfg.stage != "finetune":
+        fail("--all-folds trains the folds of the finetune stage; --stage pretrain is one run")
+    for fold in range(cfg.n_folds) if all_folds else [cfg.fold]:
         run_cfg = dataclasses.replace(cfg, fold=fold)
+        run_dir = run_cfg.run_dir()
+        if all_folds:  # a restart goes on where the last one stopped: skip, resume or start each fold
+            state = run_state(run_dir)
+            if state == "finished":
+                typer.echo(f"{run_dir}: finished earlier (metrics.json), skipping")
+                continue
+            run_cfg.resume = state == "interrupted"
+            if run_cfg.resume:
+                typer.echo(f"{run_dir}: interrupted earlier, resuming from last.pth")
         metrics = train_fold(run_cfg, quiet=quiet)
+        if "init_from" in metrics:
+            init = metrics["init_from"]
+            typer.echo(f"{run_dir}: started from {init['source']}: {init['loaded']} of {init['total']} tensors loaded")
         typer.echo(
-            f"{run_cfg.run_dir()}: best validation AUC {metrics['best_auc']:.4f} at epoch {metrics['best_epoch']}, "
+            f"{run_dir}: best validation AUC {metrics['best_auc']:.4f} at epoch {metrics['best_epoch']}, "
             f"{metrics['train_samples_per_s']:.0f} samples/s, {metrics['wall_seconds']:.0f} s"
         )
 
@@ -448,7 +481,7 @@ def dedoppler_cmd(
     )
     typer.echo(f"wrote {len(scores)} scores to {path}; {seconds:.1f} s, {len(scores) / seconds:.1f} cadences/s")
     if split_layout(split).has_labels:
-        r = auc_by_fold(path, data, split)
+        r = auc_by_fold(path, data, split, work_dir)
         folds = ", ".join(f"fold {k} {v:.4f}" for k, v in r["folds"].items())
         typer.echo(f"AUC {r['auc']:.4f} on {r['n']} cadences" + (f" ({folds})" if folds else ""))
 

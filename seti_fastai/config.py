@@ -94,7 +94,10 @@ class TrainConfig:
     inject_max_drift: float = opt(0.12, "injected needles drift up to this many channels per row, either sign")
     # run
     seed: int = opt(42, "seed of weights, sampling, augmentation and mixup")
-    init_from: str | None = opt(None, "run directory whose model.pth starts this run (same architecture)")
+    init_from: str | None = opt(
+        None, "run directory (pre-training, or this fold) or .pth state dict that starts this run (same architecture)"
+    )
+    init_min_share: float = opt(0.5, "--init-from fails when fewer than this share of the model's tensors load")
     resume: bool = opt(False, "go on from the last finished epoch of an interrupted run")
     precision: str = opt("auto", "auto: bf16 (or fp16) on CUDA, fp32 on CPU")
     lr_find_iters: int = opt(100, "iterations of lr-find")

@@ -14,9 +14,19 @@ from typing import Any
 import pandas as pd
 
 
+def current_umask() -> int:
+    """The process umask (read by setting it and restoring it at once: there is no other way to read it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` if the block succeeds, delete it otherwise."""
+    """Yield a temporary path beside `path`; rename it onto `path` if the block succeeds, delete it otherwise.
+
+    The file gets the mode a plain `open` would give it (0o666 less the umask), not mkstemp's private 0o600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
@@ -24,6 +34,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -50,12 +61,14 @@ def atomic_write_csv(df: pd.DataFrame, path: Path | str) -> Path:
 
 @contextlib.contextmanager
 def atomic_dir(path: Path | str, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; it becomes `path` only if the block succeeds."""
+    """Yield a temporary folder beside `path`; it becomes `path` only if the block succeeds (with mode 0o777 less
+    the umask, not mkdtemp's 0o700)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~current_umask())
         if path.exists():
             if not overwrite:
                 raise FileExistsError(f"{path}: already exists")

@@ -13,6 +13,7 @@ from seti_fastai.data.cadence import (
     channel_medians,
     image_shape,
     load_cadence,
+    open_cadence,
     read_id_csv,
 )
 from seti_fastai.errors import CadenceFileError, DataLayoutError, LabelFileError
@@ -177,3 +178,125 @@ def test_diff_layout_keeps_a_needle_and_cancels_what_on_and_off_share():
     assert np.abs(image[:, 50]).max() == 0.0
     assert image[10:60, 200].min() == 3.0
     assert image[10:60, 20].max() < 0
+
+
+# --- hostile or odd input: refused before anything runs or is allocated, or read exactly ---------------------
+
+
+class _Payload:
+    """Unpickling this creates `marker`: proof that a pickle ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _write_npy_header(path, descr: str, shape: tuple, payload: bytes = b"") -> None:
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": descr, "fortran_order": False, "shape": shape})
+        f.write(payload)
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_object_npy_is_refused_without_unpickling(tmp_path, mmap):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    small = tmp_path / "small.npy"  # what np.save writes for an object array
+    np.save(small, np.array([_Payload(marker), None], dtype=object), allow_pickle=True)
+    right_shape = tmp_path / "right_shape.npy"  # a header claiming the cadence shape, then the pickle
+    _write_npy_header(right_shape, "|O", CADENCE_SHAPE, pickle.dumps(_Payload(marker)))
+    for path in (small, right_shape):
+        with pytest.raises(CadenceFileError, match=f"{path.name}: (shape|dtype object)"):
+            open_cadence(path, mmap=mmap)
+        with pytest.raises(CadenceFileError):
+            load_cadence(path)
+    assert not marker.exists(), "the pickle ran"
+    np.load(small, allow_pickle=True)  # the payload is live: loading it with pickles allowed runs it
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("shape", [(6, 273, 2**40), (2**31, 2**31, 2**31), (6, 273, 256, 10**9)])
+def test_huge_shape_in_header_is_refused_before_reading(tmp_path, monkeypatch, shape):
+    path = tmp_path / "huge.npy"
+    _write_npy_header(path, "<f4", shape, b"\0" * 64)
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("np.load called: data would be read before the header was checked")
+
+    monkeypatch.setattr(np, "load", no_load)
+    for mmap in (False, True):
+        with pytest.raises(CadenceFileError, match=r"huge\.npy: shape \("):
+            open_cadence(path, mmap=mmap)
+
+
+@pytest.mark.parametrize(
+    ("header", "payload", "message"),
+    [
+        ({"descr": "<f2", "fortran_order": False, "shape": CADENCE_SHAPE}, b"\0" * 100, "not a readable .npy"),
+        ({"descr": "<f8", "fortran_order": False, "shape": CADENCE_SHAPE}, b"", "dtype float64"),
+    ],
+)
+def test_truncated_or_mistyped_npy_is_one_error(tmp_path, header, payload, message):
+    path = tmp_path / "abc.npy"
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(payload)
+    for mmap in (False, True):
+        with pytest.raises(CadenceFileError, match=message.replace(".", r"\.")):
+            open_cadence(path, mmap=mmap)
+
+
+def test_empty_and_version_3_npy_are_refused(tmp_path):
+    empty = _write(tmp_path, "", "empty.npy")
+    with pytest.raises(CadenceFileError, match=r"empty\.npy: not a readable \.npy array"):
+        load_cadence(empty)
+    v3 = tmp_path / "v3.npy"
+    v3.write_bytes(np.lib.format.magic(3, 0) + b"\0" * 64)
+    with pytest.raises(CadenceFileError, match=r"unsupported \.npy format version 3\.0"):
+        load_cadence(v3)
+
+
+def test_fortran_order_and_float16_cadences_load_exactly(tmp_path):
+    array = np.random.default_rng(0).normal(size=CADENCE_SHAPE).astype(np.float16)
+    path = tmp_path / "abc.npy"
+    np.save(path, np.asfortranarray(array))
+    np.testing.assert_array_equal(load_cadence(path), array.astype(np.float32))
+    np.testing.assert_array_equal(open_cadence(path, mmap=True), array)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xef\xbb\xbfid,target\nabc,0\nabd,1\n",  # byte-order mark (Excel's "CSV UTF-8")
+        b"id,target\r\nabc,0\r\nabd,1\r\n",  # CRLF
+        b"\xef\xbb\xbf id , target \r\n abc , 0\r\nabd ,1 \r\n",  # all of it, with spaces around names and values
+        b'"id","target"\n"abc","0"\n"abd","1"\n',  # quoted
+    ],
+)
+def test_label_csv_quirks_are_read_exactly(tmp_path, raw):
+    path = tmp_path / "labels.csv"
+    path.write_bytes(raw)
+    df = read_id_csv(path)
+    assert df["id"].tolist() == ["abc", "abd"] and df["target"].tolist() == [0, 1]
+    assert read_id_csv(path, require_target=False)["id"].tolist() == ["abc", "abd"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"id,target\nabc,0\nABD,1\n", "row 3: id 'ABD' is upper-case; ids and file names are lower-case"),
+        (b"\xef\xbb\xbfid,target\r\nabc,0\r\n aBd ,1\r\n", "row 3: id 'aBd' is upper-case"),
+        (b"id, id,target\nabc,abc,0\n", "duplicate column names id, id, target"),
+        (b"id,target\nabc,0\nab\xe9,1\n", "not a readable CSV"),
+        ("id,target\nabc,0\n".encode("utf-16"), "not a readable CSV"),
+    ],
+)
+def test_label_csv_quirks_that_would_misread_are_refused(tmp_path, raw, message):
+    path = tmp_path / "labels.csv"
+    path.write_bytes(raw)
+    with pytest.raises(LabelFileError) as err:
+        read_id_csv(path)
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value) and "\n" not in str(err.value)

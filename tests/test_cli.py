@@ -97,6 +97,38 @@ def test_bad_array_is_named(data_copy):
         load_cadence(KaggleData(data_copy).cadence_path("train", path.stem))
 
 
+def test_folds_check_arrays_reports_every_bad_file(data_copy, tmp_path):
+    import pandas as pd
+
+    for stale in data_copy.glob("folds_*.csv"):  # left in the shared set by a test that trained on it
+        stale.unlink()
+    victims = sorted((data_copy / "train").rglob("*.npy"))[:3]
+    np.save(victims[0], np.zeros((6, 273, 255), np.float16))  # wrong shape
+    victims[1].write_bytes(victims[1].read_bytes()[:1000])  # truncated
+    nan = np.load(victims[2])
+    nan[1, 2, 3] = np.nan
+    np.save(victims[2], nan)
+    work = tmp_path / "work"
+    result = run("folds", data_copy, "--check-arrays", "--work-dir", work)
+    report = work / "bad_arrays_train.csv"
+    one_line_error(result, "3 of 64 cadence files are bad", f"all listed in {report}", "first: ", str(victims[0]))
+    bad = pd.read_csv(report)
+    assert sorted(bad["path"]) == sorted(map(str, victims))
+    reasons = " | ".join(bad["reason"])
+    assert "shape (6, 273, 255)" in reasons and "not a readable .npy" in reasons and "1 NaN" in reasons
+    assert not list(data_copy.glob("folds_*.csv")) and not list(work.glob("folds_*.csv"))
+    assert not list(work.glob(".*partial"))
+
+
+def test_folds_check_arrays_on_good_files_is_the_usual_output(data_copy, tmp_path):
+    for stale in data_copy.glob("folds_*.csv"):
+        stale.unlink()
+    result = run("folds", data_copy, "--check-arrays", "--work-dir", tmp_path / "work")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"wrote {data_copy / 'folds_train_k4_seed42.csv'}") and "pos_rate" in result.stdout
+    assert not (tmp_path / "work").exists(), "nothing goes to the work folder when the data are writable"
+
+
 # --- training commands -----------------------------------------------------------------------------------------
 
 TINY = [
@@ -259,7 +291,8 @@ def test_bad_array_during_training_is_one_line(data_copy, tmp_path, workers):
     bad = np.zeros((6, 273, 256), np.float16)
     bad[0, 0, 0] = np.nan
     np.save(victim, bad)
-    one_line_error(run("folds", data_copy, "--check-arrays"), f"{victim}: 1 NaN or infinite value(s)")
+    result = run("folds", data_copy, "--check-arrays", "--work-dir", tmp_path / "work")
+    one_line_error(result, "1 of", f"{victim}: 1 NaN or infinite value(s)")
     args = [*TINY, "--workers", workers, "--epochs", 1, "--pos-share", 0]
     result = run("train", "--data", data_copy, "--out", tmp_path, *args)
     one_line_error(result, f"{victim}: 1 NaN or infinite value(s)")

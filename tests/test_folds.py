@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
-from seti_fastai.data.folds import check_fold, fold_summary, folds_path, load_or_make_folds, make_folds
+from seti_fastai.data.folds import (
+    check_fold,
+    fold_summary,
+    folds_name,
+    folds_path,
+    load_or_make_folds,
+    make_folds,
+)
 from seti_fastai.errors import FoldError
+from seti_fastai.io import atomic_dir
 
 
 @pytest.fixture
@@ -59,3 +71,61 @@ def test_fold_out_of_range_and_single_class_fold(labels):
 def test_too_few_positives_for_k(labels):
     with pytest.raises(FoldError, match="cannot make 4 stratified folds"):
         make_folds(labels.head(20), k=4)
+
+
+# --- where the fold file goes, and with what mode -----------------------------------------------------------
+
+
+def _read_only(monkeypatch, folder):
+    """Make `folder` look read-only to `derived_path` (root may write anywhere; test_readonly.py mounts for real)."""
+    import seti_fastai.io as io
+
+    real = os.access
+    monkeypatch.setattr(io.os, "access", lambda p, mode: False if Path(p) == Path(folder) else real(p, mode))
+
+
+def test_fold_file_goes_to_the_work_folder_when_the_data_are_read_only(tmp_path, labels, monkeypatch):
+    data, work = tmp_path / "data", tmp_path / "runs"
+    data.mkdir()
+    _read_only(monkeypatch, data)
+    folds, path, created = load_or_make_folds(labels, data, seed=5, work_dir=work)
+    assert created and path == work / folds_name(seed=5) and not list(data.iterdir())
+    again, path_again, created_again = load_or_make_folds(labels, data, seed=5, work_dir=work)
+    assert not created_again and path_again == path
+    pd.testing.assert_frame_equal(folds, again)
+
+
+def test_a_fold_file_beside_the_data_is_found_first(tmp_path, labels):
+    data, work = tmp_path / "data", tmp_path / "runs"
+    data.mkdir()
+    _, beside, _ = load_or_make_folds(labels, data, seed=5, work_dir=work)
+    assert beside == folds_path(data, seed=5) and not work.exists()
+    work.mkdir()
+    (work / beside.name).write_text("id,target,fold\n")  # a stale copy in the work folder is not read
+    _, found, created = load_or_make_folds(labels, data, seed=5, work_dir=work)
+    assert found == beside and not created
+
+
+def test_unwritable_work_folder_is_one_error(tmp_path, labels, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    blocker = tmp_path / "runs"
+    blocker.write_text("a file where the work folder should be")
+    _read_only(monkeypatch, data)
+    with pytest.raises(FoldError, match=r"cannot write the fold file .*choose a writable work folder"):
+        load_or_make_folds(labels, data, seed=5, work_dir=blocker / "sub")
+    assert blocker.read_text().startswith("a file") and not list(data.iterdir())
+
+
+@pytest.mark.parametrize(("umask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_outputs_get_the_usual_permissions(tmp_path, labels, umask, file_mode, dir_mode):
+    old = os.umask(umask)
+    try:
+        _, path, _ = load_or_make_folds(labels, tmp_path, seed=5)
+        with atomic_dir(tmp_path / "made") as tmp:
+            (tmp / "x").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == file_mode
+    assert stat.S_IMODE((tmp_path / "made").stat().st_mode) == dir_mode
+    assert not list(tmp_path.glob(".*partial")), "no temporary file is left behind"

@@ -52,7 +52,7 @@ def test_flip_tta_is_the_mean_of_explicitly_flipped_predictions(synth_data, trai
     ids = kaggle.read_labels("test")["id"].tolist()
     x = torch.stack([torch.from_numpy(cadence_to_image(load_cadence(kaggle.cadence_path("test", i)))) for i in ids])
     with torch.no_grad():
-        views = [x, x.flip(-1), x.flip(-2), x.flip(-2, -1)]
+        views = [x, x.flip(-1)]  # the frequency flip training used; training never flips time
         expected = np.mean([torch.sigmoid(log_odds(model(v))).numpy() for v in views], axis=0)
     got = predict([run], root, tta="flips")["target"].to_numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
@@ -111,7 +111,7 @@ def test_a_model_file_that_runs_code_is_refused(trained_runs, tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "model.pth"
     torch.save({"weights": _RunsCode(marker)}, evil)
-    with pytest.raises(RunDirError, match="refused, not a plain weights file"):
+    with pytest.raises(RunDirError, match="refused: it would run code"):
         load_weights(evil)
     assert not marker.exists(), "unpickling ran code"
 

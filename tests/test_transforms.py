@@ -100,7 +100,12 @@ def test_datablock_keeps_both_training_transforms(synth_data, tmp_path):
     from seti_fastai.config import build_config
     from seti_fastai.learn.datablock import get_dls
 
-    dls = get_dls(build_config(overrides=dict(data=str(synth_data[0]), out=str(tmp_path), workers=0, bs=4)))
+    before = set(synth_data[0].glob("folds_*.csv"))
+    try:
+        dls = get_dls(build_config(overrides=dict(data=str(synth_data[0]), out=str(tmp_path), workers=0, bs=4)))
+    finally:  # the shared data set stays as made: later tests copy it and expect no fold file
+        for path in set(synth_data[0].glob("folds_*.csv")) - before:
+            path.unlink()
     kinds = [type(t).__name__ for t in dls.train.after_item.fs if isinstance(t, AlbumentationsTransform)]
     assert kinds == ["AlbumentationsTransform", "SpecAugment"]
 
@@ -140,3 +145,66 @@ def test_injection_is_reproducible_from_the_seed():
     c = _injected(0.5, [0.0] * 10, seed=4)[1]
     assert all(torch.equal(i, j) for (i, _), (j, _) in zip(a, b, strict=True))
     assert not all(torch.equal(i, j) for (i, _), (j, _) in zip(a, c, strict=True))
+
+
+# --- label-preserving augmentation for every --panels/--layout ------------------------------------------------
+
+LAYOUTS = [("on", "stack"), ("all", "stack"), ("on", "channels"), ("all", "channels"), ("on", "diff")]
+
+
+def _recipe_only(panels: str, layout: str, **extra) -> tuple[AlbumentationsTransform, TensorImage]:
+    """The run's recipe transform with every shift/scale drawn, and a (C, H, W) image whose rows hold their index."""
+    from seti_fastai.config import build_config
+    from seti_fastai.data.cadence import image_shape
+    from seti_fastai.learn.transforms import train_transforms
+
+    values = dict(panels=panels, layout=layout, affine_p=1.0, freq_flip_p=1.0, motion_blur_p=0.0, spec_augment_p=0.0)
+    cfg = build_config(overrides={**values, **extra})
+    c, h, w = image_shape(cfg.panels, cfg.layout)
+    (tfm,) = train_transforms(cfg, (h, w))
+    rows = torch.arange(h, dtype=torch.float32)[None, :, None].expand(c, h, w)
+    return tfm, TensorImage(rows.contiguous())
+
+
+@pytest.mark.parametrize(("panels", "layout"), LAYOUTS)
+def test_shift_scale_moves_time_only_where_rows_stay_on_or_off(panels, layout):
+    """Six panels stacked in time mix ON and OFF rows: a time shift would slide OFF rows into ON slots. There the
+    recipe keeps every row in place (it still shifts and scales frequency); elsewhere it shifts time as before."""
+    tfm, x = _recipe_only(panels, layout)
+    torch.manual_seed(0)
+    moved = [float((tfm(x, split_idx=0) - x).abs().max()) for _ in range(12)]
+    if panels == "all" and layout == "stack":
+        assert max(moved) < 1e-3, "a row left its panel"
+    else:
+        assert max(moved) > 1.0, "time shift/scale should still be drawn for this layout"
+
+
+def test_time_locked_recipe_still_shifts_frequency():
+    tfm, _ = _recipe_only("all", "stack", freq_flip_p=0.0)
+    x = TensorImage(torch.arange(256, dtype=torch.float32)[None, None, :].expand(1, 1638, 256).contiguous())
+    torch.manual_seed(0)
+    assert max(float((tfm(x, split_idx=0) - x).abs().max()) for _ in range(6)) > 1.0
+
+
+def test_time_locked_motion_blur_stays_within_its_row():
+    """Panel 0 (ON) ends at row 272 and panel 1 (OFF) starts at 273: the blur must not carry one into the other."""
+    tfm, _ = _recipe_only("all", "stack", affine_p=0.0, freq_flip_p=0.0, motion_blur_p=1.0)
+    x = torch.zeros(1, 1638, 256)
+    x[0, 272, 100:140] = 1.0
+    torch.manual_seed(0)
+    for _ in range(8):
+        y = tfm(TensorImage(x.clone()), split_idx=0)
+        assert y[0, 272].sum() > 0 and float(y[0, torch.arange(1638) != 272].abs().max()) < 1e-6
+
+
+@pytest.mark.parametrize(("panels", "layout"), LAYOUTS)
+def test_flip_tta_uses_only_the_flips_training_used(panels, layout):
+    """Training flips frequency (`A.HorizontalFlip`, width) and never time, so TTA flips width only."""
+    from seti_fastai.config import build_config
+    from seti_fastai.evaluate.infer import flip_views
+
+    cfg = build_config(overrides=dict(panels=panels, layout=layout))
+    flips = [type(t).__name__ for t in recipe_pipeline().transforms if "Flip" in type(t).__name__]
+    assert flips == ["HorizontalFlip"]
+    assert flip_views(cfg) == [(), (-1,)]
+    assert flip_views(build_config(overrides=dict(panels=panels, layout=layout, freq_flip_p=0.0))) == [()]

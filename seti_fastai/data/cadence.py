@@ -52,18 +52,29 @@ def split_layout(split: str) -> SplitLayout:
     return SPLITS[split]
 
 
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def read_id_csv(path: Path | str, require_target: bool = True) -> pd.DataFrame:
     """Read and validate a CSV with an `id` column (and a 0/1 `target` column when required).
 
-    Returns a frame with `id` (str) and, when present, `target` (int64), in file order.
+    Returns a frame with `id` (str) and, when present, `target` (int64), in file order. A byte-order mark, CRLF line
+    ends and spaces around names and ids are read as if absent; an upper-case id is refused (file names are
+    lower-case), naming its row.
     """
     path = Path(path)
     if not path.is_file():
         raise LabelFileError(f"{path}: file not found")
     try:
-        df = pd.read_csv(path, dtype={"id": str})
+        df = pd.read_csv(path, dtype={"id": str}, encoding="utf-8-sig")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise LabelFileError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from e
+        raise LabelFileError(f"{path}: not a readable CSV ({_first_line(e)})") from e
+    df.columns = [str(c).strip() for c in df.columns]
+    if df.columns.duplicated().any():
+        raise LabelFileError(f"{path}: duplicate column names {', '.join(map(str, df.columns))}")
+    if "id" in df.columns:
+        df["id"] = df["id"].str.strip()
     needed = ["id", "target"] if require_target else ["id"]
     missing = [c for c in needed if c not in df.columns]
     if missing:
@@ -72,6 +83,8 @@ def read_id_csv(path: Path | str, require_target: bool = True) -> pd.DataFrame:
         raise LabelFileError(f"{path}: no rows")
     ids = df["id"]
     for i, value in enumerate(ids):
+        if isinstance(value, str) and value != value.lower() and _HEX_ID.match(value.lower()):
+            raise LabelFileError(f"{path}: row {i + 2}: id {value!r} is upper-case; ids and file names are lower-case")
         if not isinstance(value, str) or not _HEX_ID.match(value):
             raise LabelFileError(f"{path}: row {i + 2}: id {value!r} is not a lower-case hexadecimal string")
     dup = ids.duplicated()
@@ -125,20 +138,43 @@ class KaggleData:
             raise CadenceFileError(f"{missing[0]}: file not found, listed in {self.labels_path(split)}{more}")
 
 
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _check_npy_header(f, path: Path) -> None:
+    """Check shape and dtype from a `.npy` header before any data are read: an object array is never unpickled and
+    a header claiming a huge shape allocates nothing."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version not in _NPY_HEADERS:
+            raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+        shape, _, dtype = _NPY_HEADERS[version](f)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as e:
+        raise CadenceFileError(f"{path}: not a readable .npy array ({_first_line(e)})") from e
+    if tuple(shape) != CADENCE_SHAPE:
+        raise CadenceFileError(f"{path}: shape {tuple(shape)}, expected {CADENCE_SHAPE}")
+    if dtype not in ALLOWED_DTYPES:
+        raise CadenceFileError(f"{path}: dtype {dtype}, expected float16 or float32")
+
+
 def open_cadence(path: Path | str, mmap: bool = False) -> np.ndarray:
     """Open one cadence file (memory-mapped when `mmap`) and check its shape (6, 273, 256) and dtype (float16 or
-    float32); values are not read, so finiteness is the caller's check on what it uses."""
+    float32) from the header first; values are not read, so finiteness is the caller's check on what it uses."""
     path = Path(path)
     if not path.is_file():
         raise CadenceFileError(f"{path}: file not found")
     try:
-        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        with open(path, "rb") as f:
+            _check_npy_header(f, path)
+            if mmap:
+                arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            else:
+                f.seek(0)
+                arr = np.load(f, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise CadenceFileError(f"{path}: not a readable .npy array ({e})") from e
-    if arr.shape != CADENCE_SHAPE:
-        raise CadenceFileError(f"{path}: shape {arr.shape}, expected {CADENCE_SHAPE}")
-    if arr.dtype not in ALLOWED_DTYPES:
-        raise CadenceFileError(f"{path}: dtype {arr.dtype}, expected float16 or float32")
+        raise CadenceFileError(f"{path}: not a readable .npy array ({_first_line(e)})") from e
+    if arr.shape != CADENCE_SHAPE or arr.dtype not in ALLOWED_DTYPES:  # the file changed since its header was read
+        raise CadenceFileError(f"{path}: shape {arr.shape} dtype {arr.dtype}, expected {CADENCE_SHAPE} float16/32")
     return arr
 
 

@@ -1,4 +1,5 @@
-"""Stratified k-fold assignment, written once to a CSV beside the data and reused so folds never change."""
+"""Stratified k-fold assignment, written once to a CSV (beside the data, or in the work folder when the data are
+read-only) and reused so folds never change."""
 
 from __future__ import annotations
 
@@ -10,15 +11,20 @@ from sklearn.model_selection import StratifiedKFold
 
 from seti_fastai.data.cadence import read_id_csv
 from seti_fastai.errors import FoldError
-from seti_fastai.io import atomic_write_csv
+from seti_fastai.io import atomic_write_csv, derived_path
 
 DEFAULT_K = 4
 DEFAULT_SEED = 42
 
 
+def folds_name(k: int = DEFAULT_K, seed: int = DEFAULT_SEED, split: str = "train") -> str:
+    """`folds_<split>_k<k>_seed<seed>.csv`: one file per choice, so two choices never overwrite each other."""
+    return f"folds_{split}_k{k}_seed{seed}.csv"
+
+
 def folds_path(root: Path | str, k: int = DEFAULT_K, seed: int = DEFAULT_SEED, split: str = "train") -> Path:
-    """`<root>/folds_<split>_k<k>_seed<seed>.csv`: one file per choice, so two choices never overwrite each other."""
-    return Path(root) / f"folds_{split}_k{k}_seed{seed}.csv"
+    """`<root>/folds_<split>_k<k>_seed<seed>.csv`, the fold file beside the data."""
+    return Path(root) / folds_name(k, seed, split)
 
 
 def make_folds(labels: pd.DataFrame, k: int = DEFAULT_K, seed: int = DEFAULT_SEED) -> pd.DataFrame:
@@ -43,6 +49,7 @@ def read_folds(path: Path | str, k: int | None = None) -> pd.DataFrame:
     """Read and validate a fold CSV (`id,target,fold`)."""
     df = read_id_csv(path, require_target=True)
     raw = pd.read_csv(path, dtype={"id": str})
+    raw.columns = [str(c).strip() for c in raw.columns]
     if "fold" not in raw.columns:
         raise FoldError(f"{path}: missing column fold")
     fold = pd.to_numeric(raw["fold"], errors="coerce")
@@ -56,14 +63,20 @@ def read_folds(path: Path | str, k: int | None = None) -> pd.DataFrame:
 
 
 def load_or_make_folds(
-    labels: pd.DataFrame, root: Path | str, k: int = DEFAULT_K, seed: int = DEFAULT_SEED, split: str = "train"
+    labels: pd.DataFrame,
+    root: Path | str,
+    k: int = DEFAULT_K,
+    seed: int = DEFAULT_SEED,
+    split: str = "train",
+    work_dir: Path | str = "runs",
 ) -> tuple[pd.DataFrame, Path, bool]:
-    """Reuse the fold CSV for (k, seed) if it exists, else make and write it.
+    """Reuse the fold CSV for (k, seed) if it exists (beside the data, else in `work_dir`), else make and write it
+    (beside the data when that folder is writable, else into `work_dir`).
 
     Returns (folds, path, created). An existing file that no longer matches the labels is an error, not silently
     rewritten: delete it to re-split on purpose.
     """
-    path = folds_path(root, k, seed, split)
+    path = derived_path(root, folds_name(k, seed, split), work_dir)
     if path.is_file():
         folds = read_folds(path, k)
         merged = labels.merge(folds, on="id", how="outer", suffixes=("", "_folds"), indicator=True)
@@ -71,7 +84,10 @@ def load_or_make_folds(
             raise FoldError(f"{path}: ids or targets differ from the labels; delete it to make new folds")
         return folds, path, False
     folds = make_folds(labels, k, seed)
-    atomic_write_csv(folds, path)
+    try:
+        atomic_write_csv(folds, path)
+    except OSError as e:
+        raise FoldError(f"{path}: cannot write the fold file ({e.strerror or e}); choose a writable work folder") from e
     return folds, path, True
 
 

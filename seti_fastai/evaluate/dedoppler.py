@@ -33,8 +33,9 @@ from seti_fastai.data.cadence import (
     load_cadence,
     read_id_csv,
 )
-from seti_fastai.data.folds import folds_path, read_folds
+from seti_fastai.data.folds import folds_name, read_folds
 from seti_fastai.errors import ConfigError, LabelFileError
+from seti_fastai.io import derived_path
 
 MAX_TERMS = 100_000_000  # nonzeros of the sparse drift map (about 12 bytes each)
 MAD_TO_STD = 1.4826  # the MAD of a normal distribution times this is its standard deviation
@@ -218,8 +219,9 @@ def scores_on(path: Path | str, labels: pd.DataFrame) -> pd.DataFrame:
     return joined
 
 
-def auc_by_fold(path: Path | str, data: Path | str, split: str = "train") -> dict:
-    """ROC AUC of a score file against a split's labels: {auc, n, folds: {fold: auc}} (folds when the file exists)."""
+def auc_by_fold(path: Path | str, data: Path | str, split: str = "train", work_dir: Path | str = "runs") -> dict:
+    """ROC AUC of a score file against a split's labels: {auc, n, folds: {fold: auc}}; per fold when the default
+    fold file exists (beside the data or in `work_dir`)."""
     from sklearn.metrics import roc_auc_score
 
     kaggle = KaggleData(data)
@@ -228,7 +230,7 @@ def auc_by_fold(path: Path | str, data: Path | str, split: str = "train") -> dic
     if y.min() == y.max():
         raise LabelFileError(f"{kaggle.labels_path(split)}: one class only; ROC AUC is undefined")
     result = dict(auc=float(roc_auc_score(y, s)), n=len(joined), folds={})
-    fold_file = folds_path(data, split=split)
+    fold_file = derived_path(data, folds_name(split=split), work_dir)
     if fold_file.is_file():
         merged = joined.merge(read_folds(fold_file)[["id", "fold"]], on="id")
         for fold, g in merged.groupby("fold"):

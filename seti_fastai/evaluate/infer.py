@@ -75,11 +75,9 @@ def check_same_layout(run_dirs: list[Path], cfgs: list[TrainConfig]) -> None:
 
 
 def flip_views(cfg: TrainConfig) -> list[tuple[int, ...]]:
-    """Label-preserving flips: frequency (width); time (height) too when every panel is an ON panel or each
-    panel is its own channel (a time flip of six stacked panels would put ON panels in OFF slots)."""
-    if cfg.layout == "stack" and cfg.panels == "all":
-        return [(), (-1,)]
-    return [(), (-1,), (-2,), (-2, -1)]
+    """The flips training used, as TTA views: the plain image, and the frequency (width) flip when the run trained
+    with it. Never time: training never flips time, so the model has not seen time-reversed needles."""
+    return [(), (-1,)] if cfg.freq_flip_p > 0 else [()]
 
 
 def _combine(z: np.ndarray, combine: str, axis: int = 0) -> np.ndarray:

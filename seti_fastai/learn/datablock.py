@@ -27,7 +27,8 @@ def _with_paths(kaggle: KaggleData, split: str, df: pd.DataFrame) -> pd.DataFram
 def training_items(cfg: TrainConfig) -> pd.DataFrame:
     """`id, target, path, is_valid` for the run's stage.
 
-    finetune: train/ with the validation fold from the fold CSV (made once, then reused);
+    finetune: train/ with the validation fold from the fold CSV (made once, then reused; beside the data, or in the
+    runs folder `cfg.out` when the data are read-only);
     pretrain: all of old_leaky_data/train_old for training, test_old (labelled) for validation.
     """
     kaggle = KaggleData(cfg.data)
@@ -39,7 +40,7 @@ def training_items(cfg: TrainConfig) -> pd.DataFrame:
         valid = _with_paths(kaggle, "old-test", kaggle.read_labels("old-test")).assign(is_valid=True)
         return pd.concat([train, valid], ignore_index=True)
     labels = kaggle.read_labels("train")
-    folds, _, _ = load_or_make_folds(labels, kaggle.root, k=cfg.n_folds, seed=cfg.fold_seed)
+    folds, _, _ = load_or_make_folds(labels, kaggle.root, k=cfg.n_folds, seed=cfg.fold_seed, work_dir=cfg.out)
     check_fold(folds, cfg.fold)
     items = _with_paths(kaggle, "train", folds)
     return items.assign(is_valid=items["fold"] == cfg.fold).drop(columns="fold")

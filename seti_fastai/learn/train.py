@@ -5,11 +5,14 @@ runs/<name>/fold<k>/   config.yaml  model.pth  history.csv  oof.csv  metrics.jso
 
 from __future__ import annotations
 
+import errno
 import math
+import pickle
 import platform
+import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -45,44 +48,140 @@ def device_precision(cfg: TrainConfig) -> str:
     return cfg.precision
 
 
-def load_weights(path: Path | str) -> dict[str, torch.Tensor]:
-    """A plain state dict, loaded with `weights_only=True`: a file that would run code is refused."""
-    path = Path(path)
+def _first_sentence(error: BaseException) -> str:
+    text = str(error).strip().split(". ")[0].splitlines()
+    return text[0][:120] if text and text[0] else type(error).__name__
+
+
+def _torch_load(path: Path) -> Any:
+    """`torch.load(weights_only=True)` with one clear error per way a file can be bad."""
     if not path.is_file():
         raise RunDirError(f"{path}: file not found")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle.UnpicklingError and friends: the file is not plain tensors
-        raise RunDirError(f"{path}: refused, not a plain weights file ({str(e).splitlines()[0][:160]})") from e
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" in str(e).lower():  # the safe loader stopped: never unpickle it
+            called = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+            if called:
+                raise RunDirError(f"{path}: refused: it would run code (it calls {called.group(1)})") from e
+            detail = re.search(r"WeightsUnpickler error: \s*(.+)", str(e))
+            why = detail.group(1).strip()[:80] if detail else "not plain tensors"
+            raise RunDirError(f"{path}: refused: the safe loader cannot read it ({why}); it may run code") from e
+        raise RunDirError(f"{path}: truncated or corrupt ({_first_sentence(e)})") from e
+    except (PermissionError, IsADirectoryError) as e:
+        raise RunDirError(f"{path}: cannot read ({e.strerror})") from e
+    except Exception as e:  # zip errors (RuntimeError), EOFError, KeyError of a garbled legacy pickle, ...
+        raise RunDirError(f"{path}: truncated or corrupt ({_first_sentence(e)})") from e
 
 
-def init_from(model: torch.nn.Module, cfg: TrainConfig) -> int:
-    """Load `model.pth` of the run directory `cfg.init_from` into `model`; returns the number of tensors loaded.
+def _is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, dict)
+        and any(isinstance(v, torch.Tensor) for v in obj.values())
+        and all(
+            isinstance(k, str) and (isinstance(v, torch.Tensor) or k.endswith("_extra_state")) for k, v in obj.items()
+        )
+    )
 
-    The architecture and image layout must match; tensors whose shape differs (a different head) are skipped.
+
+def load_weights(path: Path | str) -> dict[str, torch.Tensor]:
+    """A plain state dict (names to tensors), loaded with `weights_only=True`: a file that would run code is refused.
+
+    Errors name the file and say which case it is: not found, truncated or corrupt, refused (it would run code),
+    or not a state dict.
     """
-    source = Path(cfg.init_from)
+    path = Path(path)
+    obj = _torch_load(path)
+    if not _is_state_dict(obj):
+        what = "a resume checkpoint (use model.pth)" if isinstance(obj, dict) and "opt" in obj else type(obj).__name__
+        raise RunDirError(f"{path}: not a state dict of tensors; it holds {what}")
+    return obj
+
+
+def load_checkpoint(path: Path | str) -> dict[str, Any]:
+    """The resume checkpoint `last.pth`: model state dict, optimizer state, epoch, best AUC and its epoch."""
+    path = Path(path)
+    obj = _torch_load(path)
+    keys = {"model", "opt", "epoch", "best", "best_epoch"}
+    if not (isinstance(obj, dict) and keys <= set(obj) and _is_state_dict(obj["model"])):
+        raise RunDirError(f"{path}: not a resume checkpoint (needs {', '.join(sorted(keys))})")
+    return obj
+
+
+class InitResult(NamedTuple):
+    """What `--init-from` loaded: the weights file, tensors loaded, tensors the model has."""
+
+    source: str
+    loaded: int
+    total: int
+
+
+def _check_init_run(source: Path, cfg: TrainConfig) -> None:
+    """Refuse a run directory whose weights do not fit, or whose training data held this fold's validation set."""
     other = load_run_config(source)
     if other.arch != cfg.arch:
         raise ConfigError(f"--init-from {source}: trained as {other.arch}, this run is {cfg.arch}")
     if image_shape(other.panels, other.layout)[0] != image_shape(cfg.panels, cfg.layout)[0]:
         raise ConfigError(f"--init-from {source}: input channels differ (panels/layout {other.panels}/{other.layout})")
-    state = load_weights(source / "model.pth")
-    own = model.state_dict()
-    matching = {k: v for k, v in state.items() if k in own and getattr(own[k], "shape", None) == getattr(v, "shape", 0)}
-    model.load_state_dict(matching, strict=False)
+    if other.stage == "finetune" and cfg.stage == "finetune":
+        if (other.n_folds, other.fold_seed) != (cfg.n_folds, cfg.fold_seed):
+            raise ConfigError(
+                f"--init-from {source}: fine-tuned on another fold split ({other.n_folds} folds, seed "
+                f"{other.fold_seed}), so it trained on some of this run's validation cadences; start from a pretrain "
+                "run"
+            )
+        if other.fold != cfg.fold:
+            raise ConfigError(
+                f"--init-from {source}: fine-tuned with fold {other.fold} held out, so it trained on this run's "
+                f"validation fold {cfg.fold} (a leak); start from a pretrain run or fold {cfg.fold}'s own run"
+            )
+
+
+def init_from(model: torch.nn.Module, cfg: TrainConfig) -> InitResult:
+    """Load the weights of `cfg.init_from` (a run directory, or a `.pth` state dict) into `model`.
+
+    A run directory (also the folder of a weights file when it holds config.yaml) must have the same architecture
+    and input channels, and be a pretrain run or a fine-tune run of the same fold. Tensors whose name or shape differ
+    (a different head) are skipped; fewer than `cfg.init_min_share` of the model's tensors loaded is an error.
+    """
+    source = Path(cfg.init_from)
+    if not 0.0 <= cfg.init_min_share <= 1.0:
+        raise ConfigError(f"init_min_share must be in [0, 1]; got {cfg.init_min_share}")
+    if source.is_dir():
+        _check_init_run(source, cfg)
+        weights = source / "model.pth"
+    elif source.is_file():
+        if (source.parent / "config.yaml").is_file():  # a file inside a run directory: the same checks
+            _check_init_run(source.parent, cfg)
+        weights = source
+    else:
+        raise ConfigError(f"--init-from {source}: not found (give a run directory or a .pth weights file)")
+    state = load_weights(weights)
+    own = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+
+    def matching(prefix: str) -> dict[str, torch.Tensor]:
+        pairs = ((prefix + k, v) for k, v in state.items() if isinstance(v, torch.Tensor))
+        return {k: v for k, v in pairs if k in own and own[k].shape == v.shape}
+
+    loaded = max((matching(p) for p in ("", "backbone.")), key=len)  # a run's model.pth, or a bare timm backbone
+    share = len(loaded) / max(len(own), 1)
+    if share < cfg.init_min_share:
+        raise ConfigError(
+            f"--init-from {weights}: only {len(loaded)} of the model's {len(own)} tensors match ({share:.0%}); "
+            f"check --arch and the input layout, or lower --init-min-share (now {cfg.init_min_share:g})"
+        )
+    model.load_state_dict(loaded, strict=False)
     model.set_size(cfg.size[0])
-    return len(matching)
+    return InitResult(str(weights), len(loaded), len(own))
 
 
 def build_learner(cfg: TrainConfig, items: pd.DataFrame | None = None, quiet: bool = False) -> Learner:
-    """The Learner of a config: DataLoaders, model, loss, ROC AUC metric, seeds, mixup, precision."""
-    check_arch(cfg.arch)
+    """The Learner of a config (its architecture already checked): DataLoaders, model, loss, ROC AUC metric, seeds,
+    mixup, precision."""
     set_seed(cfg.seed)
     dls = get_dls(cfg, items)
     model = build_model(cfg, in_chans=image_shape(cfg.panels, cfg.layout)[0])
-    if cfg.init_from:
-        init_from(model, cfg)
+    init_result = init_from(model, cfg) if cfg.init_from else None
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     learn = Learner(
@@ -97,21 +196,51 @@ def build_learner(cfg: TrainConfig, items: pd.DataFrame | None = None, quiet: bo
     if quiet:
         learn.remove_cb(ProgressCallback)
         learn.logger = lambda *_: None
+    learn.init_result = init_result  # what --init-from loaded (None without it)
     return learn
+
+
+def run_state(run_dir: Path | str) -> Literal["finished", "interrupted", "new"]:
+    """finished: metrics.json is there; interrupted: last.pth without metrics.json; new: neither."""
+    run_dir = Path(run_dir)
+    if (run_dir / "metrics.json").is_file():
+        return "finished"
+    return "interrupted" if (run_dir / "last.pth").is_file() else "new"
 
 
 def _check_run_dir(run_dir: Path, resume: bool) -> dict | None:
     """The checkpoint to resume from, or None for a fresh run; errors for the ambiguous cases."""
-    last = run_dir / "last.pth"
+    state = run_state(run_dir)
     if resume:
-        if (run_dir / "metrics.json").is_file():
+        if state == "finished":
             raise RunDirError(f"{run_dir}: this run already finished; nothing to resume")
-        if not last.is_file():
+        if state == "new":
             raise RunDirError(f"{run_dir}: no interrupted run to resume (last.pth not found)")
-        return load_weights(last)
-    if (run_dir / "metrics.json").is_file() or last.is_file():
+        return load_checkpoint(run_dir / "last.pth")
+    if state != "new":
         raise RunDirError(f"{run_dir}: a run is already there; use --resume, another --name, or delete it")
     return None
+
+
+def _remove_partials(run_dir: Path) -> None:
+    """Delete temporary files a killed run left behind (`io.atomic_path` names them `.NAME.*.partial`)."""
+    if run_dir.is_dir():
+        for path in run_dir.glob(".*.partial"):
+            if path.is_file():
+                path.unlink(missing_ok=True)
+
+
+def _write_failed(run_dir: Path, error: OSError) -> RunDirError:
+    """A full or read-only disk as one line; the atomic writes kept the files of the last finished epoch."""
+    again = "rerun with --resume" if (run_dir / "last.pth").is_file() else "rerun"
+    fix = "make it writable" if error.errno == errno.EROFS else "free space"
+    return RunDirError(
+        f"{run_dir}: cannot write ({error.strerror or error}); the files of the last finished epoch are intact: "
+        f"{fix}, then {again}"
+    )
+
+
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def _versions() -> dict[str, str]:
@@ -133,6 +262,7 @@ def train_fold(cfg: TrainConfig, quiet: bool = False, cbs: list | None = None) -
     cfg.validate()
     run_dir = cfg.run_dir()
     checkpoint = _check_run_dir(run_dir, cfg.resume)
+    _remove_partials(run_dir)
     if checkpoint is not None:  # go on exactly as saved: the run's own config, this call's workers
         saved = load_run_config(run_dir)
         saved.workers, saved.resume = cfg.workers, True
@@ -148,18 +278,26 @@ def train_fold(cfg: TrainConfig, quiet: bool = False, cbs: list | None = None) -
         learn.create_opt()
         load_opt_state(learn.opt, checkpoint["opt"])
         start_epoch = int(checkpoint["epoch"]) + 1
-        history = pd.read_csv(run_dir / "history.csv").iloc[:start_epoch]
-        recorder = RunRecorder(run_dir, checkpoint["best"], int(checkpoint["best_epoch"]), history)
+        history = pd.read_csv(run_dir / "history.csv") if (run_dir / "history.csv").is_file() else pd.DataFrame()
+        if len(history) < start_epoch:
+            raise RunDirError(f"{run_dir}: history.csv has {len(history)} epochs, last.pth is at epoch {start_epoch}")
+        recorder = RunRecorder(run_dir, checkpoint["best"], int(checkpoint["best_epoch"]), history.iloc[:start_epoch])
     fit_cbs = [ProgressiveResize(cfg.size_schedule()), recorder, *(cbs or [])]
     if cfg.aug_off_last:
         fit_cbs.append(AugmentationOff(cfg.aug_off_last))
     lr = slice(cfg.lr * cfg.body_lr_mult, cfg.lr) if cfg.body_lr_mult != 1.0 else cfg.lr
     start = time.perf_counter()
-    learn.fit_one_cycle(cfg.epochs, lr, pct_start=cfg.pct_start, cbs=fit_cbs, start_epoch=start_epoch)
-    seconds = time.perf_counter() - start
-    if recorder.best_epoch < 0:
-        raise RunDirError(f"{run_dir}: validation AUC was never finite; no model saved")
-    return _finish_run(cfg, learn, items, recorder, seconds)
+    try:
+        learn.fit_one_cycle(cfg.epochs, lr, pct_start=cfg.pct_start, cbs=fit_cbs, start_epoch=start_epoch)
+        seconds = time.perf_counter() - start
+        if recorder.best_epoch < 0:
+            raise RunDirError(f"{run_dir}: validation AUC was never finite; no model saved")
+        metrics = _finish_run(cfg, learn, items, recorder, seconds)
+    except OSError as e:
+        if e.errno in _DISK_ERRNOS:
+            raise _write_failed(run_dir, e) from e
+        raise
+    return metrics
 
 
 def _finish_run(
@@ -182,6 +320,8 @@ def _finish_run(
         train_samples_per_s=float(history["train_samples_per_s"].mean()), precision=device_precision(cfg),
         device=str(learn.dls.device), versions=_versions(),
     )  # fmt: skip
+    if learn.init_result is not None:
+        metrics["init_from"] = learn.init_result._asdict()
     atomic_write_json(run_dir / "metrics.json", metrics)
     (run_dir / "last.pth").unlink(missing_ok=True)
     return metrics
@@ -209,6 +349,7 @@ def run_lr_find(cfg: TrainConfig, quiet: bool = False) -> dict[str, Any]:
 
     cfg.validate()
     run_dir = cfg.run_dir()
+    check_arch(cfg.arch)
     learn = build_learner(cfg, quiet=quiet)
     learn.lr_find(num_it=cfg.lr_find_iters, show_plot=False, suggest_funcs=())
     lrs = np.array(learn.recorder.lrs, dtype=float)

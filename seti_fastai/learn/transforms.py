@@ -134,19 +134,33 @@ class AlbumentationsTransform(DisplayedTransform):
         return TensorImage(torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)))
 
 
-def recipe_pipeline(freq_flip_p: float = 0.5, affine_p: float = 0.5, motion_blur_p: float = 0.5) -> A.Compose:
-    """The seed's augmentations: frequency flip, shift/scale (no rotation), motion blur; each with its own p."""
+def recipe_pipeline(
+    freq_flip_p: float = 0.5, affine_p: float = 0.5, motion_blur_p: float = 0.5, time_shift: bool = True
+) -> A.Compose:
+    """The seed's augmentations: frequency flip, shift/scale (no rotation), motion blur; each with its own p.
+
+    `time_shift=False` keeps the shift/scale and the motion blur off the time axis (height): for an image whose rows
+    mix ON and OFF panels, a time shift would slide OFF rows into ON slots (and a blur smear them across a panel
+    boundary) and change what the label means.
+    """
+    time_range = (-0.05, 0.05) if time_shift else (0.0, 0.0)
+    time_scale = (0.9, 1.1) if time_shift else (1.0, 1.0)
     return A.Compose(
         [
             A.HorizontalFlip(p=freq_flip_p),  # width is frequency
             A.Affine(
-                translate_percent={"x": (-0.1, 0.1), "y": (-0.05, 0.05)},
-                scale=(0.9, 1.1),
+                translate_percent={"x": (-0.1, 0.1), "y": time_range},
+                scale={"x": (0.9, 1.1), "y": time_scale},
                 rotate=0,
                 border_mode=cv2.BORDER_REFLECT_101,
                 p=affine_p,
             ),
-            A.MotionBlur(blur_limit=(3, 7), p=motion_blur_p),
+            A.MotionBlur(  # time-locked: a horizontal kernel, centred (a shifted one would move rows in time)
+                blur_limit=(3, 7),
+                angle_range=(0, 360) if time_shift else (0, 0),
+                allow_shifted=time_shift,
+                p=motion_blur_p,
+            ),
         ]
     )
 
@@ -179,13 +193,22 @@ class SpecAugment(AlbumentationsTransform):
         super().__init__(spec_augment_pipeline(height, width, alpha, p), rescale=False, order=6)
 
 
+def mixes_on_and_off(panels: Panels, layout: Layout) -> bool:
+    """Whether one image column holds both ON and OFF panels (all six panels stacked along time)."""
+    return layout == "stack" and panels == "all"
+
+
 def train_transforms(cfg, image_hw: tuple[int, int]) -> list:
-    """The training-only item transforms of a config: needle injection, the recipe pipeline, then SpecAugment."""
+    """The training-only item transforms of a config: needle injection, the recipe pipeline, then SpecAugment.
+
+    The recipe shifts and scales time only where that keeps ON rows ON (`mixes_on_and_off`)."""
     tfms: list = []
     if cfg.inject > 0:
         tfms.append(InjectNeedle(cfg.inject, cfg.needle_spec(), cfg.panels, cfg.layout))
     if max(cfg.freq_flip_p, cfg.affine_p, cfg.motion_blur_p) > 0:
-        tfms.append(AlbumentationsTransform(recipe_pipeline(cfg.freq_flip_p, cfg.affine_p, cfg.motion_blur_p), order=5))
+        time_shift = not mixes_on_and_off(cfg.panels, cfg.layout)
+        pipeline = recipe_pipeline(cfg.freq_flip_p, cfg.affine_p, cfg.motion_blur_p, time_shift)
+        tfms.append(AlbumentationsTransform(pipeline, order=5))
     if cfg.spec_augment_p > 0:
         tfms.append(SpecAugment(*image_hw, cfg.spec_alpha, cfg.spec_augment_p))
     return tfms

@@ -8,6 +8,9 @@ part of the state dict (`_extra_state`), so `model.pth` always carries the size 
 from __future__ import annotations
 
 import difflib
+import re
+import socket
+import urllib.error
 from pathlib import Path
 
 import timm
@@ -135,6 +138,35 @@ class SetiModel(nn.Module):
         self.set_size(tuple(state["size"]))
 
 
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:160] if lines else ""
+
+
+_NETWORK_MODULES = ("requests", "urllib3", "httpx", "httpx2", "httpcore", "httpcore2", "huggingface_hub", "aiohttp")
+_NETWORK_NAMES = re.compile(r"Connect|Timeout|Network|Offline|LocalEntryNotFound|Proxy|SSL|MaxRetry|RemoteDisconnected")
+
+
+def is_network_error(error: BaseException) -> bool:
+    """Whether `error`, or an error it was raised from, means the network could not be reached.
+
+    Builtin socket and urllib errors by type; requests, urllib3, httpx and huggingface_hub errors by module and
+    name (their classes differ between versions). A 404, a full disk or a corrupt cached file are not.
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, ConnectionError | TimeoutError | socket.gaierror | socket.herror):
+            return True
+        if isinstance(error, urllib.error.URLError) and not isinstance(error, urllib.error.HTTPError):  # not a 404
+            return True
+        for cls in type(error).__mro__:
+            if cls.__module__.split(".")[0] in _NETWORK_MODULES and _NETWORK_NAMES.search(cls.__name__):
+                return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def create_backbone(
     arch: str,
     in_chans: int,
@@ -163,11 +195,14 @@ def create_backbone(
             raise ConfigError(f"timm has no pretrained weights for {arch}; use {other}")
         try:
             return timm.create_model(arch, pretrained=True, **kwargs)
-        except Exception as e:  # hub unreachable: requests/urllib/huggingface errors differ by version
-            raise ConfigError(
-                f"could not download pretrained weights for {arch} (offline?): {str(e).splitlines()[0][:160]}; "
-                "use --pretrained-weights FILE"
-            ) from e
+        except Exception as e:
+            detail = f"{type(e).__name__}: {_first_line(e)}"
+            if is_network_error(e):
+                raise ConfigError(
+                    f"could not download pretrained weights for {arch} (offline?): no network ({detail}); "
+                    "use --pretrained-weights FILE"
+                ) from e
+            raise ConfigError(f"pretrained weights for {arch} failed to load ({detail})") from e
     return timm.create_model(arch, pretrained=False, **kwargs)
 
 
