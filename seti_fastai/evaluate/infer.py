@@ -202,9 +202,13 @@ def predict(
     loaded = [load_run(r) for r in run_dirs]
     paths = [str(p) for p in KaggleData(data).paths(split, ids)]
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    partners: dict[tuple, Partners | None] = {}  # read matches.csv once per setting, not once per fold
     per_run = []
     for cfg, model in loaded:
-        dl = inference_dl(cfg, paths, bs, workers, dev, run_partners(cfg, data))
+        key = (cfg.background, cfg.matches, cfg.out, cfg.max_partners)
+        if key not in partners:
+            partners[key] = run_partners(cfg, data)
+        dl = inference_dl(cfg, paths, bs, workers, dev, partners[key])
         if tta.isdigit():
             per_run.append(predict_fastai_tta(cfg, model, dl, int(tta), beta, combine))
         else:

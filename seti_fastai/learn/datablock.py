@@ -16,7 +16,7 @@ from seti_fastai.data.cadence import KaggleData, image_shape
 from seti_fastai.data.folds import check_fold, load_or_make_folds
 from seti_fastai.errors import DataLayoutError
 from seti_fastai.io import derived_path
-from seti_fastai.learn.transforms import CadenceLoader, Partners, to_float_target, train_transforms
+from seti_fastai.learn.transforms import CadenceLoader, Partners, to_float_target, training_item_transforms
 
 
 def _with_paths(kaggle: KaggleData, split: str, df: pd.DataFrame) -> pd.DataFrame:
@@ -87,7 +87,7 @@ def data_block(cfg: TrainConfig, partners: Partners | None = None) -> DataBlock:
         get_x=ColReader("path"),
         get_y=ColReader("target"),
         splitter=ColSplitter("is_valid"),
-        item_tfms=train_transforms(cfg, (h, w)),
+        item_tfms=training_item_transforms(cfg, (h, w)),
     )  # fmt: skip
 
 

@@ -199,12 +199,11 @@ def mixes_on_and_off(panels: Panels, layout: Layout) -> bool:
 
 
 def train_transforms(cfg, image_hw: tuple[int, int]) -> list:
-    """The training-only item transforms of a config: needle injection, the recipe pipeline, then SpecAugment.
+    """The training augmentations of a config: the recipe pipeline, then SpecAugment (also fastai TTA's views).
 
-    The recipe shifts and scales time only where that keeps ON rows ON (`mixes_on_and_off`)."""
+    The recipe shifts and scales time only where that keeps ON rows ON (`mixes_on_and_off`). Needle injection is
+    not an augmentation (it changes labels): the DataBlock adds it (`training_item_transforms`)."""
     tfms: list = []
-    if cfg.inject > 0:
-        tfms.append(InjectNeedle(cfg.inject, cfg.needle_spec(), cfg.panels, cfg.layout))
     if max(cfg.freq_flip_p, cfg.affine_p, cfg.motion_blur_p) > 0:
         time_shift = not mixes_on_and_off(cfg.panels, cfg.layout)
         pipeline = recipe_pipeline(cfg.freq_flip_p, cfg.affine_p, cfg.motion_blur_p, time_shift)
@@ -212,3 +211,9 @@ def train_transforms(cfg, image_hw: tuple[int, int]) -> list:
     if cfg.spec_augment_p > 0:
         tfms.append(SpecAugment(*image_hw, cfg.spec_alpha, cfg.spec_augment_p))
     return tfms
+
+
+def training_item_transforms(cfg, image_hw: tuple[int, int]) -> list:
+    """Everything the training split adds to a loaded (image, label) pair: needle injection, then the augmentations."""
+    inject = [InjectNeedle(cfg.inject, cfg.needle_spec(), cfg.panels, cfg.layout)] if cfg.inject > 0 else []
+    return inject + train_transforms(cfg, image_hw)
