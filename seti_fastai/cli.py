@@ -486,6 +486,54 @@ def dedoppler_cmd(
         typer.echo(f"AUC {r['auc']:.4f} on {r['n']} cadences" + (f" ({folds})" if folds else ""))
 
 
+@command("blend")
+def blend_cmd(
+    predictions: Annotated[
+        list[Path], typer.Argument(help="Score CSVs over the same ids: submission.csv, dedoppler_test.csv, ...")
+    ],
+    out: Annotated[Path, typer.Option(help="CSV to write (id,target: the blended rank in (0, 1]).")] = Path(
+        "blend.csv"
+    ),
+    weights: Annotated[
+        str | None, typer.Option(help="Comma list, one weight per input [default: equal, or tuned with --valid].")
+    ] = None,
+    valid: Annotated[
+        list[Path] | None,
+        typer.Option(help="Validation scores of the same two inputs (oof.csv, dedoppler_train.csv), in order."),
+    ] = None,
+    labels: Annotated[Path | None, typer.Option(help="Labels of the validation ids (train_labels.csv).")] = None,
+) -> None:
+    """Blend score files by weighted normalised rank, e.g. a model stacked with the de-Doppler reference.
+
+    With --valid and --labels the weight of a two-input blend is chosen by validation AUC (step 0.05)."""
+    from seti_fastai.evaluate.blend import blend, tune_weight
+    from seti_fastai.io import atomic_write_csv
+
+    if valid and weights:
+        fail("give --weights or --valid, not both")
+    if valid and labels is None:
+        fail("--valid needs --labels (id,target of the validation cadences)")
+    if valid:
+        if len(valid) != len(predictions):
+            fail(f"--valid: {len(valid)} file(s) for {len(predictions)} input(s); give one per input, in order")
+        tuned = tune_weight(valid, labels)
+        chosen = tuned["weights"]
+        aucs = ", ".join(f"{a:.4f}" for a in tuned["input_aucs"])
+        typer.echo(
+            f"weights {chosen[0]:.2f},{chosen[1]:.2f}: validation AUC {tuned['valid_auc']:.4f} on {tuned['n']} "
+            f"cadences (inputs alone: {aucs})"
+        )
+    elif weights:
+        try:
+            chosen = [float(w) for w in weights.split(",")]
+        except ValueError:
+            fail(f"--weights: not a comma list of numbers: {weights!r}")
+    else:
+        chosen = [1.0] * len(predictions)
+    path = atomic_write_csv(blend(predictions, chosen), out)
+    typer.echo(f"wrote {path}")
+
+
 def run_command(name: str) -> None:
     """Entry point of the thin `scripts/<name>.py` wrappers: `python scripts/train.py ...` = `seti-fastai train ...`."""
     app([name, *sys.argv[1:]], prog_name=f"{Path(sys.argv[0]).name}")
