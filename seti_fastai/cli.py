@@ -365,10 +365,11 @@ def calibrate_cmd(
     with tqdm(unit="cadence", desc="calibrate", file=sys.stderr) as bar:
         r = calibrate_runs(run_dirs, tta, combine, data, bs, workers, device, progress=bar.update)
     for rec in r["runs"]:
+        flat = "; T at its bound: no better than chance on its OOF, flattened to the prior" if rec["flat"] else ""
         typer.echo(
             f"{rec['run']}: T {rec['temperature']:.4f}, b {rec['bias']:+.4f} on {rec['n']} cadences; "
             f"log-loss {rec['logloss_before']:.4f} -> {rec['logloss_after']:.4f}, "
-            f"ECE {rec['ece_before']:.4f} -> {rec['ece_after']:.4f}"
+            f"ECE {rec['ece_before']:.4f} -> {rec['ece_after']:.4f}{flat}"
         )
     typer.echo(f"ensemble out-of-fold ({r['n']} cadences, tta {r['tta']}, combine {r['combine']}):")
     for name, m in r["ensemble"].items():

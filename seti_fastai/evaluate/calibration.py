@@ -33,6 +33,7 @@ COMBINES = ("prob", "logit")
 RUN_TTAS = ("none", "flips")  # fastai TTA (--tta N) mixes random augmented passes: no fixed views to calibrate
 MODES = ("auto", "per-run", "pooled", "none")
 FILE = "calibration.json"
+BOUNDS = [(-5.0, 5.0), (-20.0, 20.0)]  # log T, b: T = e^5 ~ 148 flattens a run that ranks no better than chance
 
 
 def combine(z: np.ndarray, rule: str, axis: int = 0) -> np.ndarray:
@@ -114,9 +115,7 @@ def fit_temperature_bias(views: np.ndarray, y: np.ndarray, rule: str = "prob") -
     y = np.asarray(y, float)
     if y.min() == y.max():
         raise RunDirError("the out-of-fold cadences hold one class only; cannot calibrate")
-    result = minimize(
-        _views_loss, np.zeros(2), args=(views, y, rule), jac=True, method="L-BFGS-B", bounds=[(-5, 5), (-20, 20)]
-    )
+    result = minimize(_views_loss, np.zeros(2), args=(views, y, rule), jac=True, method="L-BFGS-B", bounds=BOUNDS)
     return float(np.exp(result.x[0])), float(result.x[1])
 
 
@@ -145,7 +144,8 @@ def fit_run(views: np.ndarray, y: np.ndarray, tta: str, rule: str) -> tuple[RunC
     before, after = scores(combine(views, rule), y), scores(combine(cal.apply(views), rule), y)
     record = dict(
         kind="per-run", temperature=t, bias=b, tta=tta, combine=rule, views=len(views), n=len(y),
-        positives=int(y.sum()), **{f"{k}_before": v for k, v in before.items()},
+        positives=int(y.sum()), flat=bool(np.log(t) > BOUNDS[0][1] - 1e-3),
+        **{f"{k}_before": v for k, v in before.items()},
         **{f"{k}_after": v for k, v in after.items()},
     )  # fmt: skip
     return cal, record
