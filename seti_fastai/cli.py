@@ -297,9 +297,13 @@ def predict_cmd(
     combine: Annotated[str, typer.Option(help="Average views and folds as prob(abilities) or logit(s).")] = "prob",
     beta: Annotated[float, typer.Option(help="--tta N: weight of the plain prediction (fastai's beta).")] = 0.25,
     calibration: Annotated[
-        Path | None, typer.Option(help="calibration.json to apply [default: beside the runs, if present].")
-    ] = None,
-    no_calibration: Annotated[bool, typer.Option("--no-calibration", help="Ignore any calibration.json.")] = False,
+        str,
+        typer.Option(
+            help="auto (per-run when every run has calibration.json, else the pooled calibration.json beside the runs "
+            "if present, else none), per-run, pooled, none, or a pooled calibration file."
+        ),
+    ] = "auto",
+    no_calibration: Annotated[bool, typer.Option("--no-calibration", help="Same as --calibration none.")] = False,
     bs: Annotated[int, typer.Option(help="Batch size (cadences; flip views multiply it on the device).")] = 64,
     workers: Annotated[int, typer.Option(help="DataLoader workers.")] = min(8, os.cpu_count() or 1),
     device: Annotated[str | None, typer.Option(help="cpu or cuda [default: cuda when available].")] = None,
@@ -307,44 +311,69 @@ def predict_cmd(
     """Predict ids with trained folds (config.yaml + model.pth only) and write a submission CSV atomically."""
     from tqdm import tqdm
 
-    from seti_fastai.evaluate.infer import (
-        calibration_path,
-        check_inputs,
-        predict,
-        read_temperature,
-        write_submission,
-    )
+    from seti_fastai.evaluate.calibration import resolve_calibration
+    from seti_fastai.evaluate.infer import check_inputs, predict, write_submission
 
-    temperature = 1.0
-    if not no_calibration:
-        path = calibration if calibration is not None else calibration_path(run_dirs)
-        if calibration is not None or path.is_file():
-            temperature = read_temperature(path)
-            typer.echo(f"temperature {temperature:.3f} from {path}")
-    n = len(check_inputs(run_dirs, data, split, ids, tta, combine, temperature)[1])
+    n = len(check_inputs(run_dirs, data, split, ids, tta, combine, 1.0)[1])
+    resolved = resolve_calibration(run_dirs, "none" if no_calibration else calibration, tta, combine)
+    if resolved.mode != "none":
+        typer.echo(resolved.describe())
     passes = len(run_dirs) * (1 if not tta.isdigit() else 0)
     with tqdm(total=n * passes or None, unit="cadence", desc="predict", file=sys.stderr, disable=not passes) as bar:
         predictions = predict(
-            run_dirs, data, split, ids, tta, combine, beta, temperature, bs, workers, device, progress=bar.update
-        )
+            run_dirs, data, split, ids, tta, combine, beta, resolved.temperature, bs, workers, device,
+            progress=bar.update, run_calibrations=resolved.runs,
+        )  # fmt: skip
     write_submission(predictions, out)
     typer.echo(f"wrote {len(predictions)} predictions from {len(run_dirs)} run(s) to {out}")
 
 
 @command("calibrate")
 def calibrate_cmd(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories whose oof.csv to pool.")],
-    out: Annotated[Path | None, typer.Option(help="Output file [default: calibration.json beside the runs].")] = None,
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (folds) to calibrate.")],
+    tta: Annotated[str, typer.Option(help="none or flips: the TTA views predict will use.")] = "none",
+    combine: Annotated[str, typer.Option(help="prob or logit: the combine rule predict will use.")] = "prob",
+    data: Annotated[Path | None, typer.Option(help="Data root [default: each run's own --data].")] = None,
+    pooled: Annotated[
+        bool, typer.Option("--pooled", help="Instead: one temperature on the pooled oof.csv logits, beside the runs.")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="--pooled: output file [default: calibration.json beside the runs].")
+    ] = None,
+    bs: Annotated[int, typer.Option(help="Batch size (cadences).")] = 64,
+    workers: Annotated[int, typer.Option(help="DataLoader workers.")] = min(8, os.cpu_count() or 1),
+    device: Annotated[str | None, typer.Option(help="cpu or cuda [default: cuda when available].")] = None,
 ) -> None:
-    """Fit one temperature on the out-of-fold logits (minimum log-loss) and save calibration.json."""
-    from seti_fastai.evaluate.infer import calibrate
+    """Fit each run's temperature and bias on its own out-of-fold cadences, predicted with --tta and --combine as
+    predict will, and save calibration.json in each run directory (--pooled: one temperature for all runs)."""
+    from seti_fastai.evaluate.calibration import calibrate
 
-    r = calibrate(run_dirs, out)
-    typer.echo(f"temperature {r['temperature']:.4f} on {r['n']} out-of-fold cadences -> {r['path']}")
-    typer.echo(
-        f"log-loss {r['logloss_before']:.4f} -> {r['logloss_after']:.4f}; "
-        f"ECE {r['ece_before']:.4f} -> {r['ece_after']:.4f}"
-    )
+    if pooled:
+        r = calibrate(run_dirs, out)
+        typer.echo(f"temperature {r['temperature']:.4f} on {r['n']} out-of-fold cadences -> {r['path']}")
+        typer.echo(
+            f"log-loss {r['logloss_before']:.4f} -> {r['logloss_after']:.4f}; "
+            f"ECE {r['ece_before']:.4f} -> {r['ece_after']:.4f}"
+        )
+        return
+    if out is not None:
+        fail("--out applies to --pooled; per-run calibration is written to calibration.json in each run directory")
+    from tqdm import tqdm
+
+    from seti_fastai.evaluate.infer import calibrate_runs
+
+    with tqdm(unit="cadence", desc="calibrate", file=sys.stderr) as bar:
+        r = calibrate_runs(run_dirs, tta, combine, data, bs, workers, device, progress=bar.update)
+    for rec in r["runs"]:
+        flat = "; T at its bound: no better than chance on its OOF, flattened to the prior" if rec["flat"] else ""
+        typer.echo(
+            f"{rec['run']}: T {rec['temperature']:.4f}, b {rec['bias']:+.4f} on {rec['n']} cadences; "
+            f"log-loss {rec['logloss_before']:.4f} -> {rec['logloss_after']:.4f}, "
+            f"ECE {rec['ece_before']:.4f} -> {rec['ece_after']:.4f}{flat}"
+        )
+    typer.echo(f"ensemble out-of-fold ({r['n']} cadences, tta {r['tta']}, combine {r['combine']}):")
+    for name, m in r["ensemble"].items():
+        typer.echo(f"  {name:<16} AUC {m['auc']:.4f}  log-loss {m['logloss']:.4f}  ECE {m['ece']:.4f}")
 
 
 @command("evaluate")

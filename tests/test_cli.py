@@ -239,7 +239,7 @@ def test_predict_calibrate_evaluate_report(synth_data, trained_runs, tmp_path):
     assert sub.is_file() and "wrote 16 predictions from 2 run(s)" in result.stdout
     result = run("evaluate", sub, hidden / "test_labels.csv", "--n-boot", 100)
     assert result.exit_code == 0 and result.stdout.startswith("AUC ")
-    result = run("calibrate", *runs, "--out", tmp_path / "calibration.json")
+    result = run("calibrate", *runs, "--pooled", "--out", tmp_path / "calibration.json")
     assert result.exit_code == 0 and "temperature" in result.stdout
     result = run(
         "predict",

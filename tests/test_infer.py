@@ -9,17 +9,8 @@ import torch
 
 from seti_fastai.data.cadence import KaggleData, cadence_to_image, load_cadence
 from seti_fastai.errors import ConfigError, LabelFileError, RunDirError
-from seti_fastai.evaluate.infer import (
-    bootstrap_auc,
-    calibrate,
-    evaluate,
-    expected_calibration_error,
-    fit_temperature,
-    load_run,
-    log_loss,
-    predict,
-    write_submission,
-)
+from seti_fastai.evaluate.calibration import calibrate, expected_calibration_error, fit_temperature, log_loss
+from seti_fastai.evaluate.infer import bootstrap_auc, evaluate, load_run, predict, write_submission
 from seti_fastai.learn.train import load_weights
 from seti_fastai.model.heads import log_odds, sigmoid_np
 

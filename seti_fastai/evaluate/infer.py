@@ -1,20 +1,20 @@
-"""Inference: run directories -> (TTA) -> fold ensemble -> temperature -> submission.
+"""Inference: run directories -> (TTA) -> per-run calibration -> fold ensemble -> (pooled temperature) -> submission.
 
 Only `config.yaml` and `model.pth` are read from a run directory, and the weights with `weights_only=True`:
 a run directory from someone else cannot run code on this machine.
 
 Probabilities flow as log-odds `z`: each view (or TTA pass) and each run gives one `z` per cadence; views and runs
 are combined as a mean of probabilities (`combine="prob"`, fastai's TTA rule, the default) or of log-odds
-(`combine="logit"`); the temperature `T` of `calibration.json` divides the final log-odds.
+(`combine="logit"`). Per-run calibration (`calibration.py`) maps each run's views to `z / T + b` before they are
+combined; a pooled temperature divides the final log-odds instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,19 +22,29 @@ import torch
 from fastai.data.core import DataLoaders, Datasets, TfmdDL
 from fastai.data.transforms import ColReader
 from fastai.learner import Learner
-from scipy.optimize import minimize_scalar
 
 from seti_fastai.config import TrainConfig, load_run_config
 from seti_fastai.data.cadence import KaggleData, image_shape, read_id_csv
 from seti_fastai.errors import ConfigError, LabelFileError, RunDirError
-from seti_fastai.io import atomic_write_csv, atomic_write_json
+from seti_fastai.evaluate.calibration import (
+    COMBINES,
+    RUN_TTAS,
+    RunCalibration,
+    check_run_calibration,
+    expected_calibration_error,
+    fit_run,
+    fit_temperature,
+    log_loss,
+    scores,
+    write_run_calibration,
+)
+from seti_fastai.evaluate.calibration import combine as _combine
+from seti_fastai.io import atomic_write_csv
 from seti_fastai.learn.datablock import run_partners
 from seti_fastai.learn.train import load_weights
 from seti_fastai.learn.transforms import CadenceLoader, Partners, train_transforms
 from seti_fastai.model.heads import SetiLoss, log_odds, logit_np, sigmoid_np
 from seti_fastai.model.models import Resize, SetiModel, build_model
-
-COMBINES = ("prob", "logit")
 
 
 def check_run_dir(run_dir: Path | str) -> Path:
@@ -78,13 +88,6 @@ def flip_views(cfg: TrainConfig) -> list[tuple[int, ...]]:
     """The flips training used, as TTA views: the plain image, and the frequency (width) flip when the run trained
     with it. Never time: training never flips time, so the model has not seen time-reversed needles."""
     return [(), (-1,)] if cfg.freq_flip_p > 0 else [()]
-
-
-def _combine(z: np.ndarray, combine: str, axis: int = 0) -> np.ndarray:
-    """Mean over `axis` of probabilities or log-odds; returns log-odds."""
-    if combine == "logit":
-        return z.mean(axis=axis)
-    return logit_np(sigmoid_np(z).mean(axis=axis))
 
 
 def inference_dl(
@@ -195,16 +198,23 @@ def predict(
     workers: int = 0,
     device: str | None = None,
     progress: Callable[[int], None] | None = None,
+    run_calibrations: list[RunCalibration] | None = None,
 ) -> pd.DataFrame:
     """`id, target` (probability) for every id, in order, averaged over runs. `tta`: none, flips, or an integer N
-    (fastai TTA with N augmented passes)."""
+    (fastai TTA with N augmented passes). `run_calibrations` (one per run, `resolve_calibration`): each run's views
+    become `z / T + b` before views and runs are combined; `temperature` divides the combined log-odds."""
     run_dirs, ids = check_inputs(run_dirs, data, split, ids_file, tta, combine, temperature)
+    if run_calibrations is not None:
+        if len(run_calibrations) != len(run_dirs):
+            raise ConfigError(f"{len(run_calibrations)} run calibrations for {len(run_dirs)} runs")
+        for cal in run_calibrations:
+            check_run_calibration(cal, tta, combine)
     loaded = [load_run(r) for r in run_dirs]
     paths = [str(p) for p in KaggleData(data).paths(split, ids)]
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     partners: dict[tuple, Partners | None] = {}  # read matches.csv once per setting, not once per fold
     per_run = []
-    for cfg, model in loaded:
+    for k, (cfg, model) in enumerate(loaded):
         key = (cfg.background, cfg.matches, cfg.out, cfg.max_partners)
         if key not in partners:
             partners[key] = run_partners(cfg, data)
@@ -213,7 +223,10 @@ def predict(
             per_run.append(predict_fastai_tta(cfg, model, dl, int(tta), beta, combine))
         else:
             views = flip_views(cfg) if tta == "flips" else [()]
-            per_run.append(_combine(predict_views(model, dl, views, dev, progress), combine))
+            z = predict_views(model, dl, views, dev, progress)
+            if run_calibrations is not None:
+                z = run_calibrations[k].apply(z)
+            per_run.append(_combine(z, combine))
     z = _combine(np.stack(per_run), combine) / temperature
     return pd.DataFrame({"id": ids, "target": sigmoid_np(z)})
 
@@ -224,73 +237,87 @@ def write_submission(predictions: pd.DataFrame, path: Path | str) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# temperature scaling
+# per-run calibration: re-predict each run's validation fold as predict will, then fit
 
 
-def log_loss(z: np.ndarray, y: np.ndarray) -> float:
-    """Mean binary cross-entropy of log-odds `z` against 0/1 labels `y` (numerically stable)."""
-    return float(np.mean(np.logaddexp(0.0, z) - y * z))
+def oof_views(
+    run_dir: Path | str,
+    tta: str = "none",
+    data: Path | str | None = None,
+    bs: int = 64,
+    workers: int = 0,
+    device: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """A run's validation cadences (the ids and targets of its oof.csv) and their log-odds (n_views, n), predicted
+    with the TTA views `predict` uses. `data`: the data root [default: the run's own `--data`]."""
+    if tta not in RUN_TTAS:
+        raise ConfigError(f"per-run calibration needs --tta none or flips; got {tta!r}")
+    cfg, model = load_run(run_dir)
+    oof_path = Path(run_dir) / "oof.csv"
+    if not oof_path.is_file():
+        raise RunDirError(f"{run_dir}: oof.csv not found (not a finished run directory)")
+    oof = read_id_csv(oof_path, require_target=True)
+    data = cfg.data if data is None else data
+    split = "old-test" if cfg.stage == "pretrain" else "train"  # where training found the validation cadences
+    kaggle = KaggleData(data)
+    kaggle.check_files(split, oof["id"].tolist())
+    paths = [str(p) for p in kaggle.paths(split, oof["id"].tolist())]
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dl = inference_dl(cfg, paths, bs, workers, dev, run_partners(cfg, data))
+    views = flip_views(cfg) if tta == "flips" else [()]
+    return oof[["id", "target"]], predict_views(model, dl, views, dev, progress)
 
 
-def expected_calibration_error(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
-    """Mean |accuracy - confidence| over equal-width probability bins, weighted by bin size."""
-    edges = np.linspace(0, 1, bins + 1)
-    index = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        mask = index == b
-        if mask.any():
-            ece += mask.mean() * abs(y[mask].mean() - p[mask].mean())
-    return float(ece)
-
-
-def fit_temperature(z: np.ndarray, y: np.ndarray) -> float:
-    """The temperature T > 0 that minimises the log-loss of z / T (one parameter, searched on log T)."""
-    result = minimize_scalar(lambda log_t: log_loss(z / np.exp(log_t), y), bounds=(-5, 5), method="bounded")
-    return float(np.exp(result.x))
-
-
-def read_oof(run_dirs: list[Path | str]) -> pd.DataFrame:
-    frames = []
-    for run_dir in map(Path, run_dirs):
-        path = run_dir / "oof.csv"
-        if not path.is_file():
-            raise RunDirError(f"{run_dir}: oof.csv not found (not a finished run directory)")
-        frames.append(pd.read_csv(path, dtype={"id": str}).assign(run=str(run_dir)))
-    return pd.concat(frames, ignore_index=True)
-
-
-def calibration_path(run_dirs: list[Path | str]) -> Path:
-    """`calibration.json` in the folder that holds the runs (the common parent of the run directories)."""
-    return Path(os.path.commonpath([str(Path(r).resolve().parent) for r in run_dirs])) / "calibration.json"
-
-
-def calibrate(run_dirs: list[Path | str], out: Path | str | None = None) -> dict:
-    """Fit one temperature on the runs' out-of-fold log-odds; write and return `calibration.json`."""
-    oof = read_oof(run_dirs)
-    z, y = oof["logit"].to_numpy(float), oof["target"].to_numpy(float)
-    t = fit_temperature(z, y)
-    result = dict(
-        temperature=t, n=len(oof), runs=[str(r) for r in run_dirs],
-        logloss_before=log_loss(z, y), logloss_after=log_loss(z / t, y),
-        ece_before=expected_calibration_error(sigmoid_np(z), y),
-        ece_after=expected_calibration_error(sigmoid_np(z / t), y),
-    )  # fmt: skip
-    path = Path(out) if out is not None else calibration_path(run_dirs)
-    atomic_write_json(path, result)
-    result["path"] = str(path)
-    return result
-
-
-def read_temperature(path: Path | str) -> float:
-    path = Path(path)
-    try:
-        t = float(json.loads(path.read_text())["temperature"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise RunDirError(f"{path}: not a calibration file ({e})") from e
-    if not t > 0:
-        raise RunDirError(f"{path}: temperature must be positive, got {t}")
-    return t
+def calibrate_runs(
+    run_dirs: list[Path | str],
+    tta: str = "none",
+    combine: str = "prob",
+    data: Path | str | None = None,
+    bs: int = 64,
+    workers: int = 0,
+    device: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Fit and save each run's `calibration.json` (T, b) on its own out-of-fold cadences, predicted with `tta` and
+    `combine` as `predict` will. Files are written only once every run is fitted. Returns `runs` (the saved records),
+    `ensemble`: the out-of-fold AUC, log-loss and ECE of the ensemble without calibration, with a pooled temperature
+    and with per-run calibration (fitted and scored on the same cadences: in-sample), and `oof`: its log-odds per id
+    (`raw`, `calibrated`)."""
+    if combine not in COMBINES:
+        raise ConfigError(f"combine must be one of {', '.join(COMBINES)}; got {combine!r}")
+    if not run_dirs:
+        raise RunDirError("no run directory given")
+    run_dirs = [check_run_dir(r) for r in run_dirs]
+    records, frames = [], []
+    for run_dir in run_dirs:
+        oof, views = oof_views(run_dir, tta, data, bs, workers, device, progress)
+        y = oof["target"].to_numpy(float)
+        try:
+            cal, record = fit_run(views, y, tta, combine)
+        except RunDirError as e:
+            raise RunDirError(f"{run_dir}: {e}") from e
+        records.append(record | dict(run=str(run_dir)))
+        frames.append(oof.assign(raw=_combine(views, combine), calibrated=_combine(cal.apply(views), combine)))
+    for run_dir, record in zip(run_dirs, records, strict=True):
+        write_run_calibration(run_dir, {k: v for k, v in record.items() if k != "run"})
+    # the ensemble on out-of-fold cadences: an id predicted by several runs is combined across them, as predict does
+    oof = pd.concat(frames, ignore_index=True)
+    cols = ["raw", "calibrated"]
+    if combine == "prob":
+        oof[cols] = sigmoid_np(oof[cols].to_numpy())
+    ens = oof.groupby("id", sort=False).agg({"target": "first", "raw": "mean", "calibrated": "mean"})
+    if combine == "prob":
+        ens[cols] = logit_np(ens[cols].to_numpy())
+    y, raw = ens["target"].to_numpy(float), ens["raw"].to_numpy(float)
+    t = fit_temperature(raw, y)
+    ensemble = {
+        "none": scores(raw, y),
+        f"pooled T={t:.3f}": scores(raw / t, y),
+        "per-run": scores(ens["calibrated"].to_numpy(float), y),
+    }
+    oof = ens.reset_index()[["id", "target", "raw", "calibrated"]]
+    return dict(runs=records, ensemble=ensemble, n=len(ens), tta=tta, combine=combine, oof=oof)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fastai.metrics import AccumMetric
+from scipy.special import expit
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
@@ -62,7 +63,7 @@ def auc_metric() -> AccumMetric:
 
 
 def sigmoid_np(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-logits))
+    return expit(logits)  # no overflow warning for very negative log-odds
 
 
 def logit_np(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:
