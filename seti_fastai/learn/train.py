@@ -49,6 +49,8 @@ def device_precision(cfg: TrainConfig) -> str:
         return "fp32"
     if cfg.precision == "auto":
         return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    if cfg.precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("--precision bf16: this GPU cannot compute in bfloat16; use --precision fp16 or auto")
     return cfg.precision
 
 
