@@ -327,8 +327,9 @@ def train_fold(cfg: TrainConfig, quiet: bool = False, cbs: list | None = None) -
         raise
     except Exception as e:
         if cfg.compile and is_compile_error(e):
+            cause = getattr(e, "inner_exception", None) or e  # a backend's own error, inside dynamo's wrapper
             raise ConfigError(
-                f"--compile failed ({type(e).__name__}: {_first_sentence(e)}); train without --compile"
+                f"--compile failed ({type(cause).__name__}: {_first_sentence(cause)}); train without --compile"
             ) from e
         raise
     return metrics
