@@ -75,25 +75,32 @@ step() {
 }
 
 data="$tmp/data"
-step "synthetic set" 120 "$py" -m seti_fastai.cli synth "$data" --n-train "$n_train" --n-test "$n_test" --seed 0 \
+step "synthetic set" "${SYNTH_CAP:-180}" "$py" -m seti_fastai.cli synth "$data" --n-train "$n_train" --n-test "$n_test" --seed 0 \
     --workers "$(nproc)"
 
-step "training" $((cap * 2)) "$py" bench/train_speed.py --data "$data" --arch "$arch" --size "$size" --bs "$bs" \
+if [ ! -f "$data/train_labels.csv" ]; then  # nothing else can run without the data
+    row "remaining steps" "skipped: the synthetic set was not made" "see the log"
+    steps=0
+else
+    steps=1
+fi
+
+[ "$steps" = 1 ] && step "training" $((cap * 2)) "$py" bench/train_speed.py --data "$data" --arch "$arch" --size "$size" --bs "$bs" \
     --workers "$workers" --repeats 1 --pipeline-workers $pipe_workers --pipeline-batches 8 --max-seconds "$cap"
 
-step "training, --aug-device gpu" "$cap" "$py" bench/train_speed.py --data "$data" --arch "$arch" --size "$size" \
+[ "$steps" = 1 ] && step "training, --aug-device gpu" "$cap" "$py" bench/train_speed.py --data "$data" --arch "$arch" --size "$size" \
     --bs "$bs" --workers "$workers" --repeats 1 --pipeline-workers --aug-device gpu --max-seconds "$cap"
 
 # infer_speed.py prints "      plain:   123.4 samples/s, cost  1.00x plain": turned into RESULT lines
 to_rows='s/^ *\(plain\|--tta [a-z0-9]*\): *\([0-9.]*\) samples\/s, cost *\([0-9.]*x\).*/RESULT | inference, \1: samples\/s (cost) | \2 (\3)/p'
 export TO_ROWS=$to_rows
-step "inference" "$cap" bash -c 'set -o pipefail; "$0" bench/infer_speed.py "$@" | sed -n "$TO_ROWS"' "$py" \
+[ "$steps" = 1 ] && step "inference" "$cap" bash -c 'set -o pipefail; "$0" bench/infer_speed.py "$@" | sed -n "$TO_ROWS"' "$py" \
     --data "$data" --arch "$arch" --size "$size" --bs $((bs * 2)) --workers "$workers" --tta-n "$tta_n"
 
-step "augmentations" 90 "$py" bench/aug_speed.py --device "$device" --bs "$aug_bs" --batches "$aug_batches" \
+[ "$steps" = 1 ] && step "augmentations" 90 "$py" bench/aug_speed.py --device "$device" --bs "$aug_bs" --batches "$aug_batches" \
     --max-seconds 30
 
-if [ "$n_gpus" -ge 2 ]; then
+if [ "$steps" = 1 ] && [ "$n_gpus" -ge 2 ]; then
     if "$py" -c "import accelerate" 2>/dev/null; then
         ddp_start=$SECONDS
         echo "gpu_check: 2-process DDP (cap ${cap}s)" >&2
