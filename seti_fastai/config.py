@@ -25,6 +25,7 @@ HEADS = ("bce", "ce")
 STAGES = ("finetune", "pretrain")
 MIXUP_LABELS = ("max", "lerp")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUG_DEVICES = ("cpu", "gpu")
 
 
 def opt(default: Any, help: str) -> Any:
@@ -101,6 +102,14 @@ class TrainConfig:
     resume: bool = opt(False, "go on from the last finished epoch of an interrupted run")
     precision: str = opt("auto", "auto: bf16 (or fp16) on CUDA, fp32 on CPU")
     lr_find_iters: int = opt(100, "iterations of lr-find")
+    # GPU speed (issue 9): memory format, compilation, where the augmentations run
+    channels_last: bool | None = opt(
+        None, "channels-last model memory format; unset: on CUDA only (bench/channels_last.py)"
+    )
+    compile: bool = opt(False, "torch.compile the model (first batches are slow while it compiles)")
+    aug_device: str = opt(
+        "cpu", "cpu: augment items in the DataLoader workers; gpu: augment batches on the device (workers only load)"
+    )
 
     def validate(self) -> TrainConfig:
         """Raise `ConfigError` naming the first bad value; return self."""
@@ -117,6 +126,7 @@ class TrainConfig:
         choose("precision", PRECISIONS)
         choose("background", BACKGROUNDS)
         choose("resize_mode", RESIZE_MODES)
+        choose("aug_device", AUG_DEVICES)
         if not self.size or any(s < 32 for s in self.size):
             raise ConfigError(f"size must be one or more sizes of at least 32; got {self.size}")
         if len(self.size) > self.epochs:

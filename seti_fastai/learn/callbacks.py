@@ -5,6 +5,7 @@
 - `ProgressiveResize`: the model input size of each epoch.
 - `AugmentationOff`: no augmentation and no mixup for the last k epochs.
 - `RunRecorder`: writes the run directory (history.csv, model.pth, last.pth) after each finished epoch.
+- `RestoreScaler`: on `--resume`, gives fp16's gradient scaler the state saved in last.pth.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fastai.callback.core import Callback
 from fastai.torch_core import set_seed
 
 from seti_fastai.io import atomic_path, atomic_write_csv
+from seti_fastai.learn.batch_augment import BatchAugment
 from seti_fastai.learn.transforms import AlbumentationsTransform
 
 
@@ -113,8 +115,8 @@ class AugmentationOff(Callback):
 
     def before_epoch(self) -> None:
         on = self.epoch < self.n_epoch - self.last
-        for tfm in self.dls.train.after_item.fs:
-            if isinstance(tfm, AlbumentationsTransform):
+        for tfm in [*self.dls.train.after_item.fs, *self.dls.train.after_batch.fs]:
+            if isinstance(tfm, AlbumentationsTransform | BatchAugment):
                 tfm.enabled = on
         for cb in self.learn.cbs:
             if isinstance(cb, MixUpOr):
@@ -183,5 +185,23 @@ class RunRecorder(Callback):
             best=self.best,
             best_epoch=self.best_epoch,
         )
+        scaler = getattr(self.learn, "scaler", None)  # fastai's MixedPrecision (fp16) holds a GradScaler there
+        if scaler is not None and scaler.is_enabled():
+            checkpoint["scaler"] = _plain(scaler.state_dict())
         with atomic_path(self.run_dir / "last.pth") as tmp:
             torch.save(checkpoint, tmp)
+
+
+class RestoreScaler(Callback):
+    """Load a saved `GradScaler` state (loss scale, growth tracker) into `learn.scaler` once fastai's
+    `MixedPrecision` has made it (its `before_fit` makes a fresh one each fit). Does nothing without a scaler."""
+
+    order = 11  # after MixedPrecision (10)
+
+    def __init__(self, state: dict):
+        self.state = state
+
+    def before_fit(self) -> None:
+        scaler = getattr(self.learn, "scaler", None)
+        if scaler is not None and scaler.is_enabled() and self.state:
+            scaler.load_state_dict(self.state)

@@ -16,7 +16,8 @@ from seti_fastai.data.cadence import KaggleData, image_shape
 from seti_fastai.data.folds import check_fold, load_or_make_folds
 from seti_fastai.errors import DataLayoutError
 from seti_fastai.io import derived_path
-from seti_fastai.learn.transforms import CadenceLoader, Partners, to_float_target, training_item_transforms
+from seti_fastai.learn.batch_augment import augmentations
+from seti_fastai.learn.transforms import CadenceLoader, Partners, to_float_target
 
 
 def _with_paths(kaggle: KaggleData, split: str, df: pd.DataFrame) -> pd.DataFrame:
@@ -81,13 +82,15 @@ def run_partners(cfg: TrainConfig, data: Path | str | None = None) -> Partners |
 
 def data_block(cfg: TrainConfig, partners: Partners | None = None) -> DataBlock:
     _, h, w = image_shape(cfg.panels, cfg.layout)
+    item_tfms, batch_tfms = augmentations(cfg, (h, w))  # --aug-device gpu: augmentations move to batch_tfms
     return DataBlock(
         blocks=(TransformBlock(type_tfms=CadenceLoader(cfg.panels, cfg.layout, cfg.standardize, partners)),
                 TransformBlock(type_tfms=to_float_target)),
         get_x=ColReader("path"),
         get_y=ColReader("target"),
         splitter=ColSplitter("is_valid"),
-        item_tfms=training_item_transforms(cfg, (h, w)),
+        item_tfms=item_tfms,
+        batch_tfms=batch_tfms,
     )  # fmt: skip
 
 

@@ -31,6 +31,7 @@ from seti_fastai.learn.callbacks import (
     EpochSeed,
     MixUpOr,
     ProgressiveResize,
+    RestoreScaler,
     RunRecorder,
     load_opt_state,
 )
@@ -40,12 +41,34 @@ from seti_fastai.model.models import build_model, check_arch, param_groups
 
 
 def device_precision(cfg: TrainConfig) -> str:
-    """The precision the run will use: mixed precision only on CUDA."""
+    """The precision the run will use: mixed precision only on CUDA.
+
+    auto: bf16 where the GPU computes it natively (compute capability 8.0+: A100, H100, RTX 30xx...), else fp16 with
+    a gradient scaler (V100, T4: `is_bf16_supported()` alone says yes there too, through slow emulation)."""
     if not torch.cuda.is_available() or cfg.precision == "fp32":
         return "fp32"
     if cfg.precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    if cfg.precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("--precision bf16: this GPU cannot compute in bfloat16; use --precision fp16 or auto")
     return cfg.precision
+
+
+def uses_channels_last(cfg: TrainConfig) -> bool:
+    """`--channels-last` as given, else on CUDA only (faster with tensor cores; much slower on CPU, measured by
+    bench/channels_last.py)."""
+    return torch.cuda.is_available() if cfg.channels_last is None else cfg.channels_last
+
+
+def is_compile_error(error: BaseException) -> bool:
+    """Whether `error` (or an error it was raised from) comes from torch.compile (dynamo, inductor, a backend)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if any(c.__module__.startswith(("torch._dynamo", "torch._inductor")) for c in type(error).__mro__):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _first_sentence(error: BaseException) -> str:
@@ -190,9 +213,12 @@ def build_learner(cfg: TrainConfig, items: pd.DataFrame | None = None, quiet: bo
         cbs=[EpochSeed(cfg.seed), MixUpOr(cfg.mixup_alpha, cfg.mixup_p, cfg.mixup_label)],
     )  # fmt: skip
     precision = device_precision(cfg)
-    if precision != "fp32":
+    if precision != "fp32":  # fastai's MixedPrecision: autocast, and for fp16 a GradScaler (`learn.scaler`)
         learn = learn.to_bf16() if precision == "bf16" else learn.to_fp16()
-        learn = learn.to_channelslast()
+    if uses_channels_last(cfg):
+        learn = learn.to_channelslast(use_amp=False)  # the model only (1-channel inputs are channels-last already)
+    if cfg.compile:
+        learn.model.compile()  # in place: the state dict keeps its names (no `_orig_mod.` prefix)
     if quiet:
         learn.remove_cb(ProgressCallback)
         learn.logger = lambda *_: None
@@ -283,6 +309,8 @@ def train_fold(cfg: TrainConfig, quiet: bool = False, cbs: list | None = None) -
             raise RunDirError(f"{run_dir}: history.csv has {len(history)} epochs, last.pth is at epoch {start_epoch}")
         recorder = RunRecorder(run_dir, checkpoint["best"], int(checkpoint["best_epoch"]), history.iloc[:start_epoch])
     fit_cbs = [ProgressiveResize(cfg.size_schedule()), recorder, *(cbs or [])]
+    if checkpoint is not None and checkpoint.get("scaler"):  # fp16: the loss scale goes on where it was
+        fit_cbs.append(RestoreScaler(checkpoint["scaler"]))
     if cfg.aug_off_last:
         fit_cbs.append(AugmentationOff(cfg.aug_off_last))
     lr = slice(cfg.lr * cfg.body_lr_mult, cfg.lr) if cfg.body_lr_mult != 1.0 else cfg.lr
@@ -296,6 +324,13 @@ def train_fold(cfg: TrainConfig, quiet: bool = False, cbs: list | None = None) -
     except OSError as e:
         if e.errno in _DISK_ERRNOS:
             raise _write_failed(run_dir, e) from e
+        raise
+    except Exception as e:
+        if cfg.compile and is_compile_error(e):
+            cause = getattr(e, "inner_exception", None) or e  # a backend's own error, inside dynamo's wrapper
+            raise ConfigError(
+                f"--compile failed ({type(cause).__name__}: {_first_sentence(cause)}); train without --compile"
+            ) from e
         raise
     return metrics
 
