@@ -25,6 +25,7 @@ HEADS = ("bce", "ce")
 STAGES = ("finetune", "pretrain")
 MIXUP_LABELS = ("max", "lerp")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PACKED = ("auto", "on", "off")
 
 
 def opt(default: Any, help: str) -> Any:
@@ -60,6 +61,12 @@ class TrainConfig:
     standardize: bool = opt(False, "re-standardise each panel on load (the Kaggle files already are)")
     pos_share: float | None = opt(0.25, "share of positives per training batch (weighted sampling); 0: plain shuffling")
     workers: int = opt(min(8, os.cpu_count() or 1), "DataLoader worker processes")
+    # fast data path: the packed cache of `seti-fastai pack`
+    packed: str = opt(
+        "auto",
+        "auto: read a split's packed cache (`seti-fastai pack`) when there is one, beside the data or in --out; "
+        "on: require it; off: read the .npy files",
+    )
     # model
     arch: str = opt("efficientnetv2_s", "any timm architecture name")
     pretrained: bool = opt(False, "ask timm for ImageNet weights (needs the network)")
@@ -117,6 +124,7 @@ class TrainConfig:
         choose("precision", PRECISIONS)
         choose("background", BACKGROUNDS)
         choose("resize_mode", RESIZE_MODES)
+        choose("packed", PACKED)
         if not self.size or any(s < 32 for s in self.size):
             raise ConfigError(f"size must be one or more sizes of at least 32; got {self.size}")
         if len(self.size) > self.epochs:
