@@ -307,6 +307,9 @@ def predict_cmd(
     bs: Annotated[int, typer.Option(help="Batch size (cadences; flip views multiply it on the device).")] = 64,
     workers: Annotated[int, typer.Option(help="DataLoader workers.")] = min(8, os.cpu_count() or 1),
     device: Annotated[str | None, typer.Option(help="cpu or cuda [default: cuda when available].")] = None,
+    packed: Annotated[
+        str, typer.Option(help="auto: read the split's packed cache (`pack`) when there is one; on: require it; off.")
+    ] = "auto",
 ) -> None:
     """Predict ids with trained folds (config.yaml + model.pth only) and write a submission CSV atomically."""
     from tqdm import tqdm
@@ -322,7 +325,7 @@ def predict_cmd(
     with tqdm(total=n * passes or None, unit="cadence", desc="predict", file=sys.stderr, disable=not passes) as bar:
         predictions = predict(
             run_dirs, data, split, ids, tta, combine, beta, resolved.temperature, bs, workers, device,
-            progress=bar.update, run_calibrations=resolved.runs,
+            progress=bar.update, run_calibrations=resolved.runs, packed=packed,
         )  # fmt: skip
     write_submission(predictions, out)
     typer.echo(f"wrote {len(predictions)} predictions from {len(run_dirs)} run(s) to {out}")
@@ -561,6 +564,35 @@ def blend_cmd(
         chosen = [1.0] * len(predictions)
     path = atomic_write_csv(blend(predictions, chosen), out)
     typer.echo(f"wrote {path}")
+
+
+@command("pack")
+def pack_cmd(
+    data: Annotated[Path, typer.Argument(help="Data folder in the Kaggle layout.")],
+    split: Annotated[str, typer.Option(help="train, test, old-train, old-test or all (every split present).")] = "all",
+    out: Annotated[
+        Path, typer.Option(help="Work folder for the cache when DATA is read-only (train/predict look in their --out).")
+    ] = Path("runs"),
+    workers: Annotated[int, typer.Option(help="Threads reading files ahead.")] = min(4, os.cpu_count() or 1),
+) -> None:
+    """Pack a split's cadences into one memory-mapped float16 file + id index, read instead of the files."""
+    import time
+
+    from tqdm import tqdm
+
+    from seti_fastai.data.cadence import KaggleData
+    from seti_fastai.data.pack import array_path, pack_split, packable_splits
+
+    for name in packable_splits(data, split):
+        total = len(KaggleData(data).read_labels(name))
+        start = time.perf_counter()
+        with tqdm(total=total, unit="cadence", desc=f"pack {name}", file=sys.stderr) as bar:
+            index, n, written = pack_split(data, name, out, workers, bar.update)
+        if written:
+            seconds = time.perf_counter() - start
+            typer.echo(f"wrote {n} cadences of {name} to {array_path(index)} + {index.name}; {seconds:.1f} s")
+        else:
+            typer.echo(f"reusing {array_path(index)}: up to date with {name} ({n} cadences)")
 
 
 def run_command(name: str) -> None:

@@ -26,6 +26,7 @@ STAGES = ("finetune", "pretrain")
 MIXUP_LABELS = ("max", "lerp")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUG_DEVICES = ("cpu", "gpu")
+PACKED = ("auto", "on", "off")
 
 
 def opt(default: Any, help: str) -> Any:
@@ -61,6 +62,12 @@ class TrainConfig:
     standardize: bool = opt(False, "re-standardise each panel on load (the Kaggle files already are)")
     pos_share: float | None = opt(0.25, "share of positives per training batch (weighted sampling); 0: plain shuffling")
     workers: int = opt(min(8, os.cpu_count() or 1), "DataLoader worker processes")
+    # fast data path: the packed cache of `seti-fastai pack`
+    packed: str = opt(
+        "auto",
+        "auto: read a split's packed cache (`seti-fastai pack`) when there is one, beside the data or in --out; "
+        "on: require it; off: read the .npy files",
+    )
     # model
     arch: str = opt("efficientnetv2_s", "any timm architecture name")
     pretrained: bool = opt(False, "ask timm for ImageNet weights (needs the network)")
@@ -127,6 +134,7 @@ class TrainConfig:
         choose("background", BACKGROUNDS)
         choose("resize_mode", RESIZE_MODES)
         choose("aug_device", AUG_DEVICES)
+        choose("packed", PACKED)
         if not self.size or any(s < 32 for s in self.size):
             raise ConfigError(f"size must be one or more sizes of at least 32; got {self.size}")
         if len(self.size) > self.epochs:

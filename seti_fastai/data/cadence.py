@@ -6,6 +6,7 @@ Knows nothing about fastai or torch: everything here is numpy and pandas.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -178,16 +179,28 @@ def open_cadence(path: Path | str, mmap: bool = False) -> np.ndarray:
     return arr
 
 
-def load_cadence(path: Path | str) -> np.ndarray:
-    """Load one cadence file and validate it: shape (6, 273, 256), float16/float32, all finite.
-
-    Returns float32 (albumentations' OpenCV kernels reject float16).
-    """
-    arr = open_cadence(path).astype(np.float32, copy=False)
+def check_finite(arr: np.ndarray, where: str) -> np.ndarray:
+    """Raise `CadenceFileError` naming `where` when `arr` (float32) holds a NaN or an infinity; return `arr`."""
     if not np.isfinite(arr).all():  # on float32: numpy's float16 isfinite is ~15x slower (a hot path)
         bad = int((~np.isfinite(arr)).sum())
-        raise CadenceFileError(f"{path}: {bad} NaN or infinite value(s)")
+        raise CadenceFileError(f"{where}: {bad} NaN or infinite value(s)")
     return arr
+
+
+def load_cadence(path: Path | str, panels: Sequence[int] | None = None) -> np.ndarray:
+    """Load one cadence file and validate it: shape (6, 273, 256), float16/float32, all finite.
+
+    Returns float32 (albumentations' OpenCV kernels reject float16). With `panels` (indices, e.g. `used_panels(...)`)
+    only those panels are read, through a memory map, and checked for finiteness: shape (len(panels), 273, 256).
+    """
+    subset = panels is not None and tuple(panels) != tuple(range(N_PANELS))
+    arr = open_cadence(path, mmap=subset)
+    if subset:
+        try:
+            arr = np.asarray(arr[list(panels)])  # a copy of these panels only: the rest of the file is never read
+        except (ValueError, OSError) as e:
+            raise CadenceFileError(f"{path}: not a readable .npy array ({_first_line(e)})") from e
+    return check_finite(arr.astype(np.float32, copy=False), str(path))
 
 
 def panel_indices(panels: Panels) -> tuple[int, ...]:
@@ -196,6 +209,14 @@ def panel_indices(panels: Panels) -> tuple[int, ...]:
     if panels == "all":
         return tuple(range(N_PANELS))
     raise ValueError(f"panels must be 'on' or 'all', got {panels!r}")
+
+
+def used_panels(panels: Panels = "on", layout: Layout = "stack", background: str = "none") -> tuple[int, ...]:
+    """The panels an image of this setting is made from: `panel_indices(panels)`, or all six for `layout="diff"`
+    and for background subtraction (which fits every panel against its partner's)."""
+    if layout == "diff" or background == "subtract":
+        return tuple(range(N_PANELS))
+    return panel_indices(panels)
 
 
 def standardize_panels(cadence: np.ndarray, eps: float = 1e-6) -> np.ndarray:
@@ -246,11 +267,18 @@ def cadence_to_image(
     `panels`: "on" keeps panels 0, 2, 4; "all" keeps the six. `layout`: "stack" puts the panels one under the other
     along time in one channel (819 x 256 or 1638 x 256); "channels" keeps one panel per channel; "diff" stacks the
     three ON-minus-OFF panels of `on_minus_off` (819 x 256) and reads all six panels whatever `panels` says.
+    `cadence` may also hold just the panels `panels` picks, in order (as `load_cadence(path, used_panels(...))` reads).
     """
     if layout == "diff":
+        if len(cadence) != N_PANELS:
+            raise ValueError(f"layout='diff' needs the six panels; got {len(cadence)}")
         chosen = standardize_panels(cadence) if standardize else cadence
         return np.ascontiguousarray(on_minus_off(chosen).reshape(1, -1, cadence.shape[-1]))
-    chosen = cadence[list(panel_indices(panels))].astype(np.float32, copy=False)
+    indices = panel_indices(panels)
+    chosen = cadence[list(indices)] if len(cadence) == N_PANELS else cadence  # else loaded with these panels only
+    if len(chosen) != len(indices):
+        raise ValueError(f"panels={panels!r} needs 6 panels or its own {len(indices)}; got {len(cadence)}")
+    chosen = chosen.astype(np.float32, copy=False)
     if standardize:
         chosen = standardize_panels(chosen)
     if layout == "stack":

@@ -25,6 +25,7 @@ from fastai.learner import Learner
 
 from seti_fastai.config import TrainConfig, load_run_config
 from seti_fastai.data.cadence import KaggleData, image_shape, read_id_csv
+from seti_fastai.data.pack import PackedSources
 from seti_fastai.errors import ConfigError, LabelFileError, RunDirError
 from seti_fastai.evaluate.calibration import (
     COMBINES,
@@ -39,8 +40,8 @@ from seti_fastai.evaluate.calibration import (
     write_run_calibration,
 )
 from seti_fastai.evaluate.calibration import combine as _combine
-from seti_fastai.io import atomic_write_csv
-from seti_fastai.learn.datablock import run_partners
+from seti_fastai.io import atomic_write_csv, atomic_write_json
+from seti_fastai.learn.datablock import loader_kwargs, run_packed, run_partners
 from seti_fastai.learn.train import load_weights
 from seti_fastai.learn.transforms import CadenceLoader, Partners, train_transforms
 from seti_fastai.model.heads import SetiLoss, log_odds, logit_np, sigmoid_np
@@ -91,14 +92,20 @@ def flip_views(cfg: TrainConfig) -> list[tuple[int, ...]]:
 
 
 def inference_dl(
-    cfg: TrainConfig, paths: list[str], bs: int, workers: int, device, partners: Partners | None = None
+    cfg: TrainConfig,
+    paths: list[str],
+    bs: int,
+    workers: int,
+    device,
+    partners: Partners | None = None,
+    packed: PackedSources | None = None,
 ) -> TfmdDL:
-    """Un-shuffled DataLoader over cadence files, carrying the run's training augmentations (used by fastai's TTA
-    only when it switches the dataset to the training split)."""
+    """Un-shuffled DataLoader over cadence files (or their packed cache), carrying the run's training augmentations
+    (used by fastai's TTA only when it switches the dataset to the training split)."""
     _, h, w = image_shape(cfg.panels, cfg.layout)
     items = pd.DataFrame({"path": paths})
-    loader = CadenceLoader(cfg.panels, cfg.layout, cfg.standardize, partners)
-    dsets = Datasets(items, tfms=[[ColReader("path"), loader]])
+    loader = CadenceLoader(cfg.panels, cfg.layout, cfg.standardize, partners, packed)
+    dsets = Datasets(items, tfms=[[ColReader("path"), loader]], do_setup=False)  # setup would read a cadence
     return TfmdDL(
         dsets,
         bs=bs,
@@ -107,10 +114,43 @@ def inference_dl(
         num_workers=workers,
         device=device,
         after_item=train_transforms(cfg, (h, w)),
+        **loader_kwargs(device),
     )
 
 
+def _views_logits(model: torch.nn.Module, x: torch.Tensor, views: list[tuple[int, ...]], device) -> torch.Tensor:
+    """Log-odds (n_views, batch) of one model on one batch, all views in one forward pass."""
+    # a plain resize (any mode) commutes with flips: resize once, flip the small images (the learned resizer does not)
+    resize_first = isinstance(model.resize, Resize)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        if resize_first:
+            x = model.resize(x)
+        batch = torch.cat([x.flip(v) if v else x for v in views])
+        z = log_odds(model.backbone(batch) if resize_first else model(batch)).float()
+    return z.view(len(views), x.shape[0]).cpu()
+
+
 @torch.no_grad()
+def predict_views_runs(
+    models: list[torch.nn.Module],
+    dl: TfmdDL,
+    views: list[list[tuple[int, ...]]],
+    device,
+    progress: Callable[[int], None] | None = None,
+) -> list[np.ndarray]:
+    """Log-odds (n_views, n) of every model: each batch is read once and goes through every model with all of its
+    views (`views[i]` for `models[i]`). `progress` counts cadences per model."""
+    models = [m.to(device).eval() for m in models]
+    out: list[list[torch.Tensor]] = [[] for _ in models]
+    for (x,) in dl:
+        x = x.to(device, non_blocking=True)
+        for model, model_views, chunks in zip(models, views, out, strict=True):
+            chunks.append(_views_logits(model, x, model_views, device))
+            if progress is not None:
+                progress(x.shape[0])
+    return [torch.cat(chunks, dim=1).numpy() for chunks in out]
+
+
 def predict_views(
     model: torch.nn.Module,
     dl: TfmdDL,
@@ -119,21 +159,7 @@ def predict_views(
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Log-odds (n_views, n) from one batched forward pass per batch: all views go through the model together."""
-    model = model.to(device).eval()
-    # a plain resize (any mode) commutes with flips: resize once, flip the small images (the learned resizer does not)
-    resize_first = isinstance(model.resize, Resize)
-    out = []
-    for (x,) in dl:
-        x = x.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            if resize_first:
-                x = model.resize(x)
-            batch = torch.cat([x.flip(v) if v else x for v in views])
-            z = log_odds(model.backbone(batch) if resize_first else model(batch)).float()
-        out.append(z.view(len(views), x.shape[0]).cpu())
-        if progress is not None:
-            progress(x.shape[0])
-    return torch.cat(out, dim=1).numpy()
+    return predict_views_runs([model], dl, [views], device, progress)[0]
 
 
 def predict_fastai_tta(
@@ -199,10 +225,13 @@ def predict(
     device: str | None = None,
     progress: Callable[[int], None] | None = None,
     run_calibrations: list[RunCalibration] | None = None,
+    packed: str = "auto",
 ) -> pd.DataFrame:
     """`id, target` (probability) for every id, in order, averaged over runs. `tta`: none, flips, or an integer N
     (fastai TTA with N augmented passes). `run_calibrations` (one per run, `resolve_calibration`): each run's views
-    become `z / T + b` before views and runs are combined; `temperature` divides the combined log-odds."""
+    become `z / T + b` before views and runs are combined; `temperature` divides the combined log-odds. `packed`:
+    auto reads the split's packed cache when there is one (beside the data or in the first run's `out` folder), on
+    requires it, off reads the files."""
     run_dirs, ids = check_inputs(run_dirs, data, split, ids_file, tta, combine, temperature)
     if run_calibrations is not None:
         if len(run_calibrations) != len(run_dirs):
@@ -212,21 +241,26 @@ def predict(
     loaded = [load_run(r) for r in run_dirs]
     paths = [str(p) for p in KaggleData(data).paths(split, ids)]
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    partners: dict[tuple, Partners | None] = {}  # read matches.csv once per setting, not once per fold
-    per_run = []
-    for k, (cfg, model) in enumerate(loaded):
-        key = (cfg.background, cfg.matches, cfg.out, cfg.max_partners)
-        if key not in partners:
-            partners[key] = run_partners(cfg, data)
-        dl = inference_dl(cfg, paths, bs, workers, dev, partners[key])
-        if tta.isdigit():
-            per_run.append(predict_fastai_tta(cfg, model, dl, int(tta), beta, combine))
-        else:
-            views = flip_views(cfg) if tta == "flips" else [()]
-            z = predict_views(model, dl, views, dev, progress)
+    # runs that make the same image from a cadence (all do but for background settings) share one DataLoader:
+    # each cadence is read once and goes through every run's model and views
+    groups: dict[tuple, list[int]] = {}
+    for i, (cfg, _) in enumerate(loaded):
+        groups.setdefault((cfg.background, cfg.matches, cfg.out, cfg.max_partners), []).append(i)
+    per_run: list[np.ndarray | None] = [None] * len(loaded)
+    for members in groups.values():
+        cfg = loaded[members[0]][0]
+        partners = run_partners(cfg, data)  # matches.csv is read once per setting, not once per fold
+        dl = inference_dl(cfg, paths, bs, workers, dev, partners, run_packed(cfg, paths, partners, data, packed))
+        if tta.isdigit():  # fastai's TTA draws augmented passes per model: one DataLoader pass per run
+            for i in members:
+                per_run[i] = predict_fastai_tta(loaded[i][0], loaded[i][1], dl, int(tta), beta, combine)
+            continue
+        views = [flip_views(loaded[i][0]) if tta == "flips" else [()] for i in members]
+        zs = predict_views_runs([loaded[i][1] for i in members], dl, views, dev, progress)
+        for i, z in zip(members, zs, strict=True):
             if run_calibrations is not None:
-                z = run_calibrations[k].apply(z)
-            per_run.append(_combine(z, combine))
+                z = run_calibrations[i].apply(z)
+            per_run[i] = _combine(z, combine)
     z = _combine(np.stack(per_run), combine) / temperature
     return pd.DataFrame({"id": ids, "target": sigmoid_np(z)})
 

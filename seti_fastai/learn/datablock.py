@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
+import torch
 from fastai.callback.data import WeightedDL  # noqa: F401  (patches DataBlock.weighted_dataloaders)
 from fastai.data.block import DataBlock, TransformBlock
 from fastai.data.core import DataLoaders, TfmdDL
@@ -14,6 +16,7 @@ from fastai.data.transforms import ColReader, ColSplitter
 from seti_fastai.config import TrainConfig
 from seti_fastai.data.cadence import KaggleData, image_shape
 from seti_fastai.data.folds import check_fold, load_or_make_folds
+from seti_fastai.data.pack import PackedSources, packed_sources
 from seti_fastai.errors import DataLayoutError
 from seti_fastai.io import derived_path
 from seti_fastai.learn.batch_augment import augmentations
@@ -80,11 +83,33 @@ def run_partners(cfg: TrainConfig, data: Path | str | None = None) -> Partners |
     return load_partners(data or cfg.data, cfg.matches, cfg.out, cfg.max_partners)
 
 
-def data_block(cfg: TrainConfig, partners: Partners | None = None) -> DataBlock:
+def run_packed(
+    cfg: TrainConfig, paths, partners: Partners | None = None, data=None, mode: str | None = None
+) -> PackedSources | None:
+    """The packed caches (`mode`, default `cfg.packed`) of the splits that `paths` and their partners come from,
+    looked for beside `data` (default `cfg.data`) and in `cfg.out`; None when there are none."""
+    partner_files = [p for found in (partners or {}).values() for p, _ in found]
+    return packed_sources(data or cfg.data, [*paths, *partner_files], cfg.out, mode or cfg.packed)
+
+
+def limit_worker_threads() -> None:
+    """Run in every DataLoader worker (fastai's `wif` hook, after fastai's own `torch.set_num_threads(1)`): OpenCV
+    single-threaded too, so N workers do not each start a thread per core (see bench/data_speed.py)."""
+    cv2.setNumThreads(1)
+
+
+def loader_kwargs(device=None) -> dict:
+    """DataLoader options of the fast data path: pinned memory for a CUDA device, thread limits in the workers."""
+    dev = torch.device(device) if device is not None else None
+    cuda = torch.cuda.is_available() and (dev is None or dev.type == "cuda")
+    return dict(pin_memory=cuda, wif=limit_worker_threads)
+
+
+def data_block(cfg: TrainConfig, partners: Partners | None = None, packed: PackedSources | None = None) -> DataBlock:
     _, h, w = image_shape(cfg.panels, cfg.layout)
     item_tfms, batch_tfms = augmentations(cfg, (h, w))  # --aug-device gpu: augmentations move to batch_tfms
     return DataBlock(
-        blocks=(TransformBlock(type_tfms=CadenceLoader(cfg.panels, cfg.layout, cfg.standardize, partners)),
+        blocks=(TransformBlock(type_tfms=CadenceLoader(cfg.panels, cfg.layout, cfg.standardize, partners, packed)),
                 TransformBlock(type_tfms=to_float_target)),
         get_x=ColReader("path"),
         get_y=ColReader("target"),
@@ -98,8 +123,9 @@ def get_dls(cfg: TrainConfig, items: pd.DataFrame | None = None, bs: int | None 
     """Train/valid DataLoaders. With `cfg.pos_share`, training batches are drawn with replacement so that the
     minority class makes up about that share of each batch."""
     items = training_items(cfg) if items is None else items
-    block = data_block(cfg, run_partners(cfg))
-    kwargs = dict(bs=bs or cfg.bs, num_workers=cfg.workers, device=device)
+    partners = run_partners(cfg)
+    block = data_block(cfg, partners, run_packed(cfg, items["path"], partners))
+    kwargs = dict(bs=bs or cfg.bs, num_workers=cfg.workers, device=device, **loader_kwargs(device))
     if cfg.pos_share is None:
         return block.dataloaders(items, **kwargs)
     weights = sample_weights(items["target"].to_numpy(), cfg.pos_share)

@@ -18,8 +18,9 @@ from fastai.data.transforms import DisplayedTransform, ItemTransform
 from fastai.torch_core import TensorImage
 
 from seti_fastai.data.background import subtract_background
-from seti_fastai.data.cadence import Layout, Panels, cadence_to_image, load_cadence
+from seti_fastai.data.cadence import Layout, Panels, cadence_to_image, used_panels
 from seti_fastai.data.inject import NeedleSpec, draw_needle, import_setigen
+from seti_fastai.data.pack import PackedSources, read_cadence
 
 Partners = dict[str, list[tuple[str, int]]]  # cadence id -> [(partner file, shift), ...], best first
 
@@ -27,8 +28,11 @@ Partners = dict[str, list[tuple[str, int]]]  # cadence id -> [(partner file, shi
 class CadenceLoader(DisplayedTransform):
     """Path of a `.npy` cadence -> float32 `TensorImage` (C, H, W), validated on the way.
 
-    With `partners` (from `matches.csv`), the background shared with overlapping cadences is subtracted first
-    (`seti_fastai.data.background.subtract_background`); a cadence without a partner passes unchanged.
+    Reads only the panels the image uses (`used_panels`: all six for `layout="diff"` and for a cadence whose
+    background is subtracted), from the split's packed cache when `packed` holds one (`seti_fastai.data.pack`), else
+    from the file through a memory map. With `partners` (from `matches.csv`), the background shared with overlapping
+    cadences is subtracted first (`seti_fastai.data.background.subtract_background`); partners are read the same way
+    (their split's cache, or their file); a cadence without a partner passes unchanged.
     """
 
     def __init__(
@@ -37,15 +41,19 @@ class CadenceLoader(DisplayedTransform):
         layout: Layout = "stack",
         standardize: bool = False,
         partners: Partners | None = None,
+        packed: PackedSources | None = None,
     ):
         super().__init__()
         self.panels, self.layout, self.standardize, self.partners = panels, layout, standardize, partners
+        self.packed = packed
 
     def encodes(self, path) -> TensorImage:
-        cadence = load_cadence(path)
-        if self.partners:
-            found = self.partners.get(Path(path).stem, [])
-            cadence = subtract_background(cadence, [(load_cadence(p), shift) for p, shift in found])
+        found = self.partners.get(Path(path).stem, []) if self.partners else []
+        if found:
+            cadence = read_cadence(path, None, self.packed)
+            cadence = subtract_background(cadence, [(read_cadence(p, None, self.packed), s) for p, s in found])
+        else:
+            cadence = read_cadence(path, used_panels(self.panels, self.layout), self.packed)
         image = cadence_to_image(cadence, self.panels, self.layout, self.standardize)
         return TensorImage(torch.from_numpy(image))
 
