@@ -101,6 +101,10 @@ class TrainConfig:
     resume: bool = opt(False, "go on from the last finished epoch of an interrupted run")
     precision: str = opt("auto", "auto: bf16 (or fp16) on CUDA, fp32 on CPU")
     lr_find_iters: int = opt(100, "iterations of lr-find")
+    # pseudo-labels (seti-fastai pseudo-label)
+    pseudo: str | None = opt(
+        None, "CSV of pseudo-labelled test cadences (id,target in [0, 1]) added to the training split of every fold"
+    )
 
     def validate(self) -> TrainConfig:
         """Raise `ConfigError` naming the first bad value; return self."""
