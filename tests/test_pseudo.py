@@ -110,7 +110,7 @@ def test_bad_pseudo_files_are_one_clear_error(synth_data, tmp_path, rows, fragme
     elif rows == "unknown":
         df.loc[1, "id"] = "0" * 15
     elif rows == "duplicate":
-        df.loc[2, "id"] = ids[0]
+        df.loc[1, "id"] = ids[0]
     elif rows in ("nan", "above", "negative"):
         df.loc[1, "target"] = {"nan": np.nan, "above": 1.5, "negative": -0.1}[rows]
     else:

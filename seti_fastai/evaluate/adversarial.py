@@ -43,13 +43,14 @@ def cadence_features(cadence: np.ndarray) -> np.ndarray:
     mean = x.mean(axis=1, keepdims=True)
     std = x.std(axis=1, keepdims=True) + 1e-6
     z = (x - mean) / std
+    z2 = z * z  # products, not z**3 / z**4: float32 pow is 50x slower
     q = np.quantile(x, [0.01, 0.5, 0.99], axis=1)
     cols = cadence.mean(axis=1)  # (6, 256)
     rows = cadence.mean(axis=2)  # (6, 273)
     per_panel = np.stack(
         [
             mean[:, 0], std[:, 0], x.min(axis=1), q[0], q[1], q[2], x.max(axis=1),
-            (z**3).mean(axis=1), (z**4).mean(axis=1), cols.std(axis=1), rows.std(axis=1),
+            (z2 * z).mean(axis=1), (z2 * z2).mean(axis=1), cols.std(axis=1), rows.std(axis=1),
         ],
         axis=1,
     )  # fmt: skip

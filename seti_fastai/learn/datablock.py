@@ -30,6 +30,7 @@ def training_items(cfg: TrainConfig) -> pd.DataFrame:
     finetune: train/ with the validation fold from the fold CSV (made once, then reused; beside the data, or in the
     runs folder `cfg.out` when the data are read-only);
     pretrain: all of old_leaky_data/train_old for training, test_old (labelled) for validation.
+    With `cfg.pseudo`, the pseudo-labelled test cadences join the training split (see `with_pseudo`).
     """
     kaggle = KaggleData(cfg.data)
     if cfg.stage == "pretrain":
