@@ -595,6 +595,108 @@ def pack_cmd(
             typer.echo(f"reusing {array_path(index)}: up to date with {name} ({n} cadences)")
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# pseudo-labels and adversarial validation
+
+
+@command("pseudo-label")
+def pseudo_label_cmd(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (folds) whose mean predicts the test split.")],
+    data: Annotated[Path, typer.Option(help="Data root in the Kaggle layout.")] = Path("data"),
+    out: Annotated[Path, typer.Option(help="CSV to write (id,target,prob,round).")] = Path("pseudo.csv"),
+    pos_threshold: Annotated[
+        float | None, typer.Option(help="Positive when the probability is at least this [default: 0.9].")
+    ] = None,
+    neg_threshold: Annotated[
+        float | None, typer.Option(help="Negative when the probability is at most this [default: 0.1].")
+    ] = None,
+    top_k_pos: Annotated[int | None, typer.Option(help="Instead of thresholds: the N most probable cadences.")] = None,
+    top_k_neg: Annotated[int | None, typer.Option(help="Instead of thresholds: the M least probable cadences.")] = None,
+    soft: Annotated[bool, typer.Option("--soft", help="Write the probability as the target, not 0/1.")] = False,
+    tta: Annotated[str, typer.Option(help="none, flips (batched flip views) or N (fastai TTA, N passes).")] = "none",
+    no_calibration: Annotated[
+        bool, typer.Option("--no-calibration", help="Ignore the runs' calibration.json files.")
+    ] = False,
+    bs: Annotated[int, typer.Option(help="Batch size.")] = 64,
+    workers: Annotated[int, typer.Option(help="DataLoader workers.")] = min(8, os.cpu_count() or 1),
+    device: Annotated[str | None, typer.Option(help="cpu or cuda [default: cuda when available].")] = None,
+) -> None:
+    """Predict the test split with trained runs and write the confident cadences as pseudo-labels (train with
+    --pseudo FILE: they join the training split of every fold, never its validation)."""
+    from tqdm import tqdm
+
+    from seti_fastai.data.cadence import KaggleData
+    from seti_fastai.evaluate.calibration import resolve_calibration
+    from seti_fastai.evaluate.infer import check_inputs
+    from seti_fastai.evaluate.pseudo import Selection, pseudo_label
+    from seti_fastai.io import atomic_write_csv
+
+    selection = Selection(pos_threshold, neg_threshold, top_k_pos, top_k_neg, soft).validate()
+    n = len(check_inputs(run_dirs, data, "test", None, tta, "prob", 1.0)[1])
+    resolved = resolve_calibration(run_dirs, "none" if no_calibration else "auto", tta, "prob")
+    if resolved.mode != "none":
+        typer.echo(resolved.describe())
+    passes = len(run_dirs) * (1 if not tta.isdigit() else 0)
+    with tqdm(total=n * passes or None, unit="cadence", desc="predict", file=sys.stderr, disable=not passes) as bar:
+        labels = pseudo_label(
+            run_dirs, data, selection, tta, resolved.temperature, bs, workers, device, progress=bar.update,
+            run_calibrations=resolved.runs,
+        )  # fmt: skip
+    atomic_write_csv(labels, out)
+    n_pos = int((labels["target"] >= 0.5).sum())
+    typer.echo(
+        f"wrote {len(labels)} pseudo-labels of {len(KaggleData(data).read_labels('test'))} test cadences "
+        f"({n_pos} positive, {len(labels) - n_pos} negative, {'soft' if soft else 'hard'}, "
+        f"round {labels['round'].iloc[0]}) to {out}; train with --pseudo {out}"
+    )
+
+
+@command("adversarial")
+def adversarial_cmd(
+    data: Annotated[Path, typer.Argument(help="Data folder in the Kaggle layout (train and test).")],
+    out: Annotated[Path, typer.Option(help="Folder for the results.")] = Path("runs/adversarial"),
+    weights: Annotated[
+        bool, typer.Option("--weights", help="Also write adversarial_weights.csv (density ratio test/train).")
+    ] = False,
+    valid_share: Annotated[
+        float, typer.Option(help="Share of each class of train put in the test-like validation fold.")
+    ] = 0.25,
+    n_splits: Annotated[int, typer.Option(help="Cross-validation folds of the train-vs-test classifier.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the folds, the classifier and the bootstrap.")] = 0,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the AUC confidence interval.")] = 1000,
+    top: Annotated[int, typer.Option(help="Most test-like train cadences to show.")] = 10,
+    workers: Annotated[int, typer.Option(help="Worker processes for the statistics.")] = min(4, os.cpu_count() or 1),
+) -> None:
+    """Adversarial validation: gradient-boosted trees on cheap per-cadence statistics tell train from test; prints
+    the out-of-fold ROC AUC and the most test-like train cadences, writes a test-like validation fold."""
+    from tqdm import tqdm
+
+    from seti_fastai.data.cadence import KaggleData
+    from seti_fastai.evaluate.adversarial import adversarial_validation, check_options
+
+    check_options(n_splits, valid_share)
+    kaggle = KaggleData(data)
+    total = len(kaggle.read_labels("train")) + len(kaggle.read_labels("test"))
+    with tqdm(total=total, unit="cadence", desc="statistics", file=sys.stderr) as bar:
+        r = adversarial_validation(
+            data, out, n_splits, seed, valid_share, weights, n_boot, workers, progress=bar.update
+        )
+    verdict = "the splits look alike to these statistics" if r["ci_low"] <= 0.55 else "train and test differ"
+    typer.echo(
+        f"adversarial AUC {r['auc']:.4f} (95% CI {r['ci_low']:.4f}-{r['ci_high']:.4f}) on {r['n_train']} train and "
+        f"{r['n_test']} test cadences: {verdict}"
+    )
+    shown = ", ".join(f"{f['feature']} {f['auc_drop']:+.3f}" for f in r["top_features"][:5])
+    typer.echo(f"features that separate most (AUC drop when shuffled): {shown}")
+    typer.echo(f"most test-like train cadences:\n{r['most_test_like'].head(top).to_string(index=False)}")
+    typer.echo(
+        f"wrote {out}/adversarial.json, adversarial_oof.csv, adversarial_folds.csv"
+        + (", adversarial_weights.csv" if weights else "")
+        + "; to validate on the test-like fold: cp OUT/adversarial_folds.csv RUNS/folds_train_k2_seed777.csv and "
+        "train with --out RUNS --n-folds 2 --fold-seed 777 --fold 0"
+    )
+
+
 def run_command(name: str) -> None:
     """Entry point of the thin `scripts/<name>.py` wrappers: `python scripts/train.py ...` = `seti-fastai train ...`."""
     app([name, *sys.argv[1:]], prog_name=f"{Path(sys.argv[0]).name}")

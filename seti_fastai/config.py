@@ -117,6 +117,10 @@ class TrainConfig:
     aug_device: str = opt(
         "cpu", "cpu: augment items in the DataLoader workers; gpu: augment batches on the device (workers only load)"
     )
+    # pseudo-labels (seti-fastai pseudo-label)
+    pseudo: str | None = opt(
+        None, "CSV of pseudo-labelled test cadences (id,target in [0, 1]) added to the training split of every fold"
+    )
 
     def validate(self) -> TrainConfig:
         """Raise `ConfigError` naming the first bad value; return self."""

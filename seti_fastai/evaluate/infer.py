@@ -40,7 +40,7 @@ from seti_fastai.evaluate.calibration import (
     write_run_calibration,
 )
 from seti_fastai.evaluate.calibration import combine as _combine
-from seti_fastai.io import atomic_write_csv, atomic_write_json
+from seti_fastai.io import atomic_write_csv
 from seti_fastai.learn.datablock import loader_kwargs, run_packed, run_partners
 from seti_fastai.learn.train import load_weights
 from seti_fastai.learn.transforms import CadenceLoader, Partners, train_transforms

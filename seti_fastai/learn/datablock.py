@@ -34,6 +34,7 @@ def training_items(cfg: TrainConfig) -> pd.DataFrame:
     finetune: train/ with the validation fold from the fold CSV (made once, then reused; beside the data, or in the
     runs folder `cfg.out` when the data are read-only);
     pretrain: all of old_leaky_data/train_old for training, test_old (labelled) for validation.
+    With `cfg.pseudo`, the pseudo-labelled test cadences join the training split (see `with_pseudo`).
     """
     kaggle = KaggleData(cfg.data)
     if cfg.stage == "pretrain":
@@ -42,22 +43,34 @@ def training_items(cfg: TrainConfig) -> pd.DataFrame:
                 raise DataLayoutError(f"{kaggle.labels_path(split)}: file not found (pretraining needs old_leaky_data)")
         train = _with_paths(kaggle, "old-train", kaggle.read_labels("old-train")).assign(is_valid=False)
         valid = _with_paths(kaggle, "old-test", kaggle.read_labels("old-test")).assign(is_valid=True)
-        return pd.concat([train, valid], ignore_index=True)
+        return with_pseudo(cfg, kaggle, pd.concat([train, valid], ignore_index=True))
     labels = kaggle.read_labels("train")
     folds, _, _ = load_or_make_folds(labels, kaggle.root, k=cfg.n_folds, seed=cfg.fold_seed, work_dir=cfg.out)
     check_fold(folds, cfg.fold)
     items = _with_paths(kaggle, "train", folds)
-    return items.assign(is_valid=items["fold"] == cfg.fold).drop(columns="fold")
+    return with_pseudo(cfg, kaggle, items.assign(is_valid=items["fold"] == cfg.fold).drop(columns="fold"))
+
+
+def with_pseudo(cfg: TrainConfig, kaggle: KaggleData, items: pd.DataFrame) -> pd.DataFrame:
+    """`items` plus the pseudo-labelled test cadences of `cfg.pseudo`, all in the training split (is_valid False),
+    their targets 0/1 or soft. A pseudo id that is a train id, or already among `items`, is an error."""
+    if not cfg.pseudo:
+        return items
+    from seti_fastai.evaluate.pseudo import read_pseudo_labels
+
+    pseudo = read_pseudo_labels(cfg.pseudo, kaggle, exclude=items["id"])
+    return pd.concat([items, _with_paths(kaggle, "test", pseudo).assign(is_valid=False)], ignore_index=True)
 
 
 def sample_weights(targets: np.ndarray, pos_share: float) -> np.ndarray:
-    """Per-item weights so that a weighted draw yields positives with probability `pos_share`."""
-    targets = np.asarray(targets)
-    n_pos = int(targets.sum())
-    n_neg = len(targets) - n_pos
+    """Per-item weights so that a weighted draw yields positives with probability `pos_share` (a soft target counts
+    as positive from 0.5 up)."""
+    positive = np.asarray(targets, dtype=float) >= 0.5
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
     if n_pos == 0 or n_neg == 0:
-        return np.ones(len(targets))
-    return np.where(targets == 1, pos_share / n_pos, (1 - pos_share) / n_neg)
+        return np.ones(len(positive))
+    return np.where(positive, pos_share / n_pos, (1 - pos_share) / n_neg)
 
 
 def load_partners(data: Path | str, matches: Path | str | None, work_dir: Path | str, max_partners: int) -> Partners:

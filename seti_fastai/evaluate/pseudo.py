@@ -1,0 +1,162 @@
+"""Pseudo-labels: predict the test split with trained runs, keep the confident cadences, train again with them.
+
+`pseudo-label` writes `id,target,prob,round` (hard 0/1 targets, or the probability itself with `soft`); training
+with `--pseudo FILE` adds those test cadences to the training split of every fold, never to its validation.
+Rounds repeat: runs trained with `--pseudo` can label the test split again (`round` goes up by one).
+
+The reader `read_pseudo_labels` needs numpy and pandas only (the DataBlock imports it); prediction is imported
+where it is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from seti_fastai.data.cadence import KaggleData, read_id_csv
+from seti_fastai.errors import ConfigError, LabelFileError
+
+DEFAULT_POS, DEFAULT_NEG = 0.9, 0.1
+
+
+@dataclass
+class Selection:
+    """Which test cadences become pseudo-labels: by probability thresholds, or the top k of each class."""
+
+    pos_threshold: float | None = None
+    neg_threshold: float | None = None
+    top_k_pos: int | None = None
+    top_k_neg: int | None = None
+    soft: bool = False
+
+    def validate(self) -> Selection:
+        """Raise `ConfigError` for a bad or mixed choice; fill the defaults (0.9 / 0.1, or k = 0); return self."""
+        thresholds = self.pos_threshold is not None or self.neg_threshold is not None
+        top_k = self.top_k_pos is not None or self.top_k_neg is not None
+        if thresholds and top_k:
+            raise ConfigError(
+                "choose thresholds (--pos-threshold/--neg-threshold) or --top-k-pos/--top-k-neg, not both"
+            )
+        if top_k:
+            self.top_k_pos, self.top_k_neg = self.top_k_pos or 0, self.top_k_neg or 0
+            if self.top_k_pos < 0 or self.top_k_neg < 0 or self.top_k_pos + self.top_k_neg == 0:
+                raise ConfigError(
+                    f"top-k counts must be >= 0 and not both 0; got --top-k-pos {self.top_k_pos} "
+                    f"--top-k-neg {self.top_k_neg}"
+                )
+            return self
+        pos = DEFAULT_POS if self.pos_threshold is None else self.pos_threshold
+        neg = DEFAULT_NEG if self.neg_threshold is None else self.neg_threshold
+        for name, value in (("pos_threshold", pos), ("neg_threshold", neg)):
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1]; got {value}")
+        if not neg < pos:
+            raise ConfigError(f"neg_threshold {neg} must be below pos_threshold {pos} (a cadence would be both)")
+        self.pos_threshold, self.neg_threshold = pos, neg
+        return self
+
+    def select(self, predictions: pd.DataFrame, round_: int = 1) -> pd.DataFrame:
+        """`id, target, prob, round` for the confident rows of `predictions` (`id, target` = probability), in order.
+
+        Thresholds: positive if prob >= pos_threshold, negative if prob <= neg_threshold. Top k: the k most and the
+        k least probable cadences (an error when the two would overlap).
+        """
+        prob = predictions["target"].to_numpy(float)
+        n = len(prob)
+        if self.top_k_pos is not None:
+            if self.top_k_pos + self.top_k_neg > n:
+                raise ConfigError(
+                    f"--top-k-pos {self.top_k_pos} + --top-k-neg {self.top_k_neg} exceed the {n} test cadences"
+                )
+            order = np.argsort(-prob, kind="stable")
+            pos = np.zeros(n, dtype=bool)
+            neg = np.zeros(n, dtype=bool)
+            pos[order[: self.top_k_pos]] = True
+            neg[order[n - self.top_k_neg :] if self.top_k_neg else []] = True
+        else:
+            pos, neg = prob >= self.pos_threshold, prob <= self.neg_threshold
+        keep = pos | neg
+        if not keep.any():
+            what = (
+                f"prob >= {self.pos_threshold} or <= {self.neg_threshold}"
+                if self.top_k_pos is None
+                else "the top-k choice"
+            )
+            raise ConfigError(
+                f"no test cadence is confident enough ({what}; probabilities span {prob.min():.3f}-{prob.max():.3f})"
+            )
+        target = prob[keep] if self.soft else pos[keep].astype(np.int64)
+        return pd.DataFrame(
+            {"id": predictions["id"].to_numpy()[keep], "target": target, "prob": prob[keep], "round": round_}
+        )
+
+
+def read_pseudo_labels(
+    path: Path | str, data: KaggleData, exclude: pd.Series | list[str] | None = None
+) -> pd.DataFrame:
+    """A pseudo-label CSV, checked: `id, target` with unique test ids (not train ids, not in `exclude`) and
+    finite targets in [0, 1] (0/1 or soft). Errors name the file and the first bad row."""
+    path = Path(path)
+    ids = read_id_csv(path, require_target=False)["id"]  # file, columns, hexadecimal lower-case ids, duplicates
+    raw = pd.read_csv(path, dtype={"id": str}, encoding="utf-8-sig")
+    raw.columns = [str(c).strip() for c in raw.columns]
+    if "target" not in raw.columns:
+        raise LabelFileError(f"{path}: missing column(s) target; found {', '.join(map(str, raw.columns))}")
+    target = pd.to_numeric(raw["target"], errors="coerce").to_numpy(float)
+    bad = ~(np.isfinite(target) & (target >= 0) & (target <= 1))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise LabelFileError(f"{path}: row {i + 2}: target {raw['target'].iloc[i]} is not a number in [0, 1]")
+    train_ids = set(data.read_labels("train")["id"]) if data.has_split("train") else set()
+    test_ids = set(data.read_labels("test")["id"])
+    excluded = set(exclude if exclude is not None else [])
+    for i, cadence_id in enumerate(ids):
+        if cadence_id in train_ids or cadence_id in excluded:
+            raise LabelFileError(
+                f"{path}: row {i + 2}: id {cadence_id} is a labelled training cadence; pseudo-labels are test cadences"
+            )
+        if cadence_id not in test_ids:
+            raise LabelFileError(f"{path}: row {i + 2}: id {cadence_id} is not in {data.labels_path('test')}")
+    return pd.DataFrame({"id": ids, "target": target if (target % 1).any() else target.astype(np.int64)})
+
+
+def next_round(run_dirs: list[Path | str]) -> int:
+    """1 + the highest `round` of the pseudo-label files the runs trained with (1 for runs trained without)."""
+    from seti_fastai.config import load_run_config
+
+    rounds = [0]
+    for run_dir in run_dirs:
+        pseudo = load_run_config(run_dir).pseudo
+        if pseudo and Path(pseudo).is_file():
+            df = pd.read_csv(pseudo, usecols=lambda c: c.strip() == "round")
+            rounds.append(int(df.iloc[:, 0].max()) if len(df.columns) and len(df) else 1)
+    return max(rounds) + 1
+
+
+def pseudo_label(
+    run_dirs: list[Path | str],
+    data: Path | str,
+    selection: Selection,
+    tta: str = "none",
+    temperature: float = 1.0,
+    bs: int = 64,
+    workers: int = 0,
+    device: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    run_calibrations: list | None = None,
+) -> pd.DataFrame:
+    """Predict the test split with the runs (fold mean; each run calibrated first with `run_calibrations`, see
+    `calibration.resolve_calibration`) and keep the confident cadences: `id, target, prob, round`."""
+    from seti_fastai.evaluate.infer import check_inputs, predict
+
+    selection.validate()
+    check_inputs(run_dirs, data, "test", None, tta, "prob", temperature)  # before any model is loaded
+    predictions = predict(
+        run_dirs, data, "test", tta=tta, temperature=temperature, bs=bs, workers=workers, device=device,
+        progress=progress, run_calibrations=run_calibrations,
+    )  # fmt: skip
+    return selection.select(predictions, next_round(run_dirs))
