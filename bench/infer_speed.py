@@ -27,7 +27,7 @@ def fresh_run(run_dir: Path, data: Path, arch: str, size: int) -> Path:
     """An untrained run directory: speed does not depend on the weights."""
     import torch
 
-    cfg = build_config(overrides=dict(data=str(data), arch=arch, size=[size], resizer=False))
+    cfg = build_config(overrides=dict(data=str(data), arch=arch, size=[size], resizer=False, pretrained=False))
     run_dir.mkdir(parents=True)
     save_config(cfg, run_dir / "config.yaml")
     torch.save(build_model(cfg, 1).state_dict(), run_dir / "model.pth")

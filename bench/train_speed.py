@@ -114,6 +114,7 @@ def main() -> None:
                 resizer=args.resizer,
                 epochs=1,
                 mixup_p=0.0,
+                pretrained=False,  # speed does not depend on the weights; no network
             )
         )
         learn = build_learner(cfg, quiet=True)
