@@ -165,3 +165,14 @@ def test_no_pretrained_keeps_the_name(synth_data, tmp_path):
     cfg = resolve_pretrained(build_config(overrides=tiny_overrides(synth_data[0], tmp_path)))
     assert cfg.pretrained is False and cfg.pretrained_source is None
     assert TrainConfig().pretrained is True
+
+
+def test_init_from_takes_the_runs_architecture_and_downloads_nothing(synth_data, trained_runs, tmp_path):
+    from seti_fastai.learn.train import build_learner
+
+    fold0 = trained_runs[1][0]
+    overrides = tiny_overrides(synth_data[0], tmp_path, pretrained=True, init_from=str(fold0))
+    cfg = resolve_pretrained(build_config(overrides=overrides))
+    assert cfg.pretrained and cfg.pretrained_source is None  # fold0 was built without pretrained weights
+    learn = build_learner(cfg, quiet=True)  # a download would hit the socket block
+    assert learn.init_result.loaded == learn.init_result.total

@@ -216,8 +216,8 @@ def resolve_pretrained(cfg: TrainConfig) -> TrainConfig:
     inference rebuilds the same model without the network.
     """
     if cfg.pretrained_source:
-        base = pretrained_name(cfg.pretrained_source).split(".")[0]
-        if base != cfg.arch and base != pretrained_name(cfg.arch).split(".")[0]:
+        base = pretrained_name(cfg.pretrained_source, required=False).split(".")[0]
+        if base != cfg.arch.split(".")[0] and base != pretrained_name(cfg.arch, required=False).split(".")[0]:
             raise ConfigError(f"pretrained_source {cfg.pretrained_source} is not a variant of --arch {cfg.arch}")
         return cfg
     if cfg.init_from:
@@ -226,7 +226,7 @@ def resolve_pretrained(cfg: TrainConfig) -> TrainConfig:
         if (run / "config.yaml").is_file():
             return dataclasses.replace(cfg, pretrained_source=load_run_config(run).pretrained_source)
     if cfg.pretrained or cfg.pretrained_weights:
-        return dataclasses.replace(cfg, pretrained_source=pretrained_name(cfg.arch))
+        return dataclasses.replace(cfg, pretrained_source=pretrained_name(cfg.arch, not cfg.pretrained_weights))
     return cfg
 
 

@@ -173,12 +173,13 @@ def is_network_error(error: BaseException) -> bool:
     return False
 
 
-def pretrained_name(arch: str) -> str:
+def pretrained_name(arch: str, required: bool = True) -> str:
     """The timm `name.tag` whose weights a pretrained `arch` starts from, which is also the model built.
 
     A name timm has no weights for goes to its variant that has them (`efficientnetv2_m` ->
     `tf_efficientnetv2_m`, see `PRETRAINED_VARIANTS`, or the `tf_` name); the tag is `in21k_ft_in1k` where there
-    is one, else timm's default. A name that already carries a tag is kept, if timm has its weights.
+    is one, else timm's default. A name that already carries a tag is kept, if timm has its weights. A name with no
+    weights anywhere is an error, or itself when not `required` (its weights come from a local file).
     """
     check_arch(arch)
     base = arch.split(".")[0]
@@ -191,6 +192,8 @@ def pretrained_name(arch: str) -> str:
     if "." in arch:
         if arch not in tags:
             raise ConfigError(f"timm has no pretrained weights {arch}; tags of {base}: {', '.join(tags) or 'none'}")
+        return arch
+    if not tags and not required:
         return arch
     if not tags:
         raise ConfigError(f"timm has no pretrained weights for {arch}; pick another --arch or pass --no-pretrained")
@@ -291,7 +294,7 @@ def create_backbone(
     if drop_path_rate > 0:
         kwargs["drop_path_rate"] = drop_path_rate
     if pretrained_weights is not None or pretrained:
-        name = pretrained_source or pretrained_name(arch)
+        name = pretrained_source or pretrained_name(arch, required=pretrained_weights is None)
     else:
         name = pretrained_source or arch
     if pretrained_weights is not None:
@@ -311,9 +314,9 @@ def create_backbone(
 def describe_pretrained(cfg) -> str:
     """One line for the start of training: the model built and where its first weights come from."""
     fetch = cfg.pretrained or cfg.pretrained_weights
-    name = cfg.pretrained_source or (pretrained_name(cfg.arch) if fetch else cfg.arch)
+    name = cfg.pretrained_source or (pretrained_name(cfg.arch, not cfg.pretrained_weights) if fetch else cfg.arch)
     base = name.split(".")[0]
-    built = "" if base == cfg.arch else f", built as {base} (timm has no weights for {cfg.arch})"
+    built = "" if base == cfg.arch.split(".")[0] else f", built as {base} (timm has no weights for {cfg.arch})"
     if cfg.resume:
         return f"{cfg.arch}: weights from the interrupted run's last.pth{built}"
     if cfg.init_from:
