@@ -176,3 +176,16 @@ def test_init_from_takes_the_runs_architecture_and_downloads_nothing(synth_data,
     assert cfg.pretrained and cfg.pretrained_source is None  # fold0 was built without pretrained weights
     learn = build_learner(cfg, quiet=True)  # a download would hit the socket block
     assert learn.init_result.loaded == learn.init_result.total
+
+
+def test_weights_in_the_hub_cache_load_without_the_network(weights, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    model_dir = tmp_path / "hub" / f"models--timm--{NAME}"
+    (model_dir / "snapshots" / "abc123").mkdir(parents=True)
+    (model_dir / "refs").mkdir()
+    (model_dir / "refs" / "main").write_text("abc123")
+    save_file(weights["state"], model_dir / "snapshots" / "abc123" / "model.safetensors")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    model = create_backbone("test_efficientnet", 3, 1, pretrained=True).state_dict()  # the socket block is on
+    torch.testing.assert_close(model["conv_stem.weight"], weights["state"]["conv_stem.weight"])

@@ -301,7 +301,7 @@ def create_backbone(
         return _load_file(name, weights_file(pretrained_weights, name), kwargs)
     if pretrained:
         try:
-            return timm.create_model(name, pretrained=True, **kwargs)
+            return _from_hub(name, kwargs)
         except Exception as e:
             detail = f"{type(e).__name__}: {_first_line(e)}"
             if is_network_error(e):
@@ -309,6 +309,27 @@ def create_backbone(
                 raise ConfigError(f"{offline}; {OFFLINE_HINT}") from e
             raise ConfigError(f"pretrained weights for {name} failed to load ({detail})") from e
     return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def _from_hub(name: str, kwargs: dict) -> nn.Module:
+    """`name` with timm's weights: from the Hugging Face cache without the network when they are there, else
+    downloaded once one plain request shows the hub answers (the hub client retries a refused connection for about
+    25 s per file, a minute in all; offline, this fails at once)."""
+    import huggingface_hub.constants as hub
+
+    online = not hub.HF_HUB_OFFLINE
+    try:
+        hub.HF_HUB_OFFLINE = True  # the cache only
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as e:
+        if not (online and is_network_error(e)):  # a corrupt cached file, or offline by the user's choice
+            raise
+    finally:
+        hub.HF_HUB_OFFLINE = not online
+    from huggingface_hub.utils import get_session
+
+    get_session().head(hub.ENDPOINT, timeout=10)  # raises a network error when the hub is out of reach
+    return timm.create_model(name, pretrained=True, **kwargs)
 
 
 def describe_pretrained(cfg) -> str:
