@@ -267,7 +267,13 @@ def experiment_logs(cfg: TrainConfig, run_dir: Path) -> Iterator[list[Callback]]
                 dir=str(run_dir), mode="offline", project=cfg.name, name=run_dir.name, config=cfg.to_dict(),
                 settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, disable_git=True),
             )  # fmt: skip
-            cbs.append(WandbCallback(log_preds=False, log_model=False))
+
+            class _Wandb(WandbCallback):  # fastai's gather_args fails on this Learner; the config went to init
+                def before_fit(self) -> None:
+                    self.learn.gather_args = dict
+                    super().before_fit()
+
+            cbs.append(_Wandb(log_preds=False, log_model=False))
         yield cbs
     finally:
         if wandb_run is not None:
