@@ -70,6 +70,7 @@ def main() -> None:
                     lr=args.lr,
                     workers=args.workers,
                     fold=0,
+                    pretrained=False,  # random initial weights, as the recorded figures; no network
                     **{**PLAIN, **extra},
                 )
             )

@@ -74,7 +74,7 @@ def model_row(name: str, extra: dict, seed: int, args: argparse.Namespace) -> di
             overrides=dict(
                 data=str(args.data), out=str(args.runs), name=f"{name}-s{seed}", fold=0, arch=args.arch,
                 size=[args.size], epochs=args.epochs, bs=args.bs, lr=args.lr, workers=args.workers, seed=seed,
-                **extra,
+                pretrained=False, **extra,
             )
         )  # fmt: skip
         train_fold(cfg, quiet=True)

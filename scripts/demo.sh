@@ -15,7 +15,7 @@ mkdir -p "$out"
 $cli folds "$out/data"
 rm -rf "$out/runs/demo"
 $cli train --data "$out/data" --out "$out/runs" --name demo --fold 0 --arch test_efficientnet --size 256 \
-    --epochs 4 --bs 32 --lr 1e-2 --no-resizer --workers 2
+    --epochs 4 --bs 32 --lr 1e-2 --no-resizer --workers 2 --no-pretrained
 $cli predict "$out/runs/demo/fold0" --data "$out/data" --tta flips --out "$out/submission.csv" --workers 2
 $cli dedoppler "$out/data" --split test --out "$out/dedoppler_test.csv" --workers 2
 echo "test split, scored against the hidden labels (the model, then the de-Doppler reference):"

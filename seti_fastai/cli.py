@@ -242,11 +242,14 @@ ALL_FOLDS = inspect.Parameter(
 def train_cmd(overrides: dict[str, Any], config: Path | None, all_folds: bool, quiet: bool) -> None:
     """Train one fold (or --all-folds, or --stage pretrain) and write its run directory."""
     from seti_fastai.config import build_config
-    from seti_fastai.learn.train import run_state, train_fold
+    from seti_fastai.learn.train import resolve_pretrained, run_state, train_fold
+    from seti_fastai.model.models import describe_pretrained
 
     cfg = build_config(config, overrides)
     if all_folds and cfg.stage != "finetune":
         fail("--all-folds trains the folds of the finetune stage; --stage pretrain is one run")
+    cfg = resolve_pretrained(cfg)  # efficientnetv2_m -> tf_efficientnetv2_m.in21k_ft_in1k, saved in config.yaml
+    typer.echo(describe_pretrained(cfg))
     for fold in range(cfg.n_folds) if all_folds else [cfg.fold]:
         run_cfg = dataclasses.replace(cfg, fold=fold)
         run_dir = run_cfg.run_dir()
@@ -272,9 +275,11 @@ def train_cmd(overrides: dict[str, Any], config: Path | None, all_folds: bool, q
 def lr_find_cmd(overrides: dict[str, Any], config: Path | None, quiet: bool) -> None:
     """Run fastai's lr_find on a run's data and model; save lr_find.png and lr_find.json in its run directory."""
     from seti_fastai.config import build_config
-    from seti_fastai.learn.train import run_lr_find
+    from seti_fastai.learn.train import resolve_pretrained, run_lr_find
+    from seti_fastai.model.models import describe_pretrained
 
-    cfg = build_config(config, overrides)
+    cfg = resolve_pretrained(build_config(config, overrides))
+    typer.echo(describe_pretrained(cfg))
     result = run_lr_find(cfg, quiet=quiet)
     shown = ", ".join(f"{k} {v:.2e}" for k, v in result["suggestions"].items() if v)
     typer.echo(f"lr_find: {shown or 'no suggestion (curve too short)'}; saved {cfg.run_dir() / 'lr_find.png'}")

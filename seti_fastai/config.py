@@ -27,6 +27,7 @@ MIXUP_LABELS = ("max", "lerp")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUG_DEVICES = ("cpu", "gpu")
 PACKED = ("auto", "on", "off")
+LOGS = ("csv", "tensorboard", "wandb")
 
 
 def opt(default: Any, help: str) -> Any:
@@ -70,8 +71,12 @@ class TrainConfig:
     )
     # model
     arch: str = opt("efficientnetv2_s", "any timm architecture name")
-    pretrained: bool = opt(False, "ask timm for ImageNet weights (needs the network)")
-    pretrained_weights: str | None = opt(None, "local weight file for the backbone (no network)")
+    pretrained: bool = opt(
+        True, "ImageNet weights from timm's hub or cache; offline: --pretrained-weights or --no-pretrained"
+    )
+    pretrained_weights: str | None = opt(
+        None, "local backbone weights (no network): a .pth/.safetensors state dict or a timm/Hugging Face cache folder"
+    )
     drop_rate: float = opt(0.2, "dropout before the classifier")
     drop_path_rate: float = opt(0.1, "stochastic depth, where the architecture supports it")
     resizer: bool = opt(True, "learned resizing network (Talebi & Milanfar 2021) in front of the backbone")
@@ -121,6 +126,13 @@ class TrainConfig:
     pseudo: str | None = opt(
         None, "CSV of pseudo-labelled test cadences (id,target in [0, 1]) added to the training split of every fold"
     )
+    # pretrained weights and experiment logs
+    pretrained_source: str | None = opt(
+        None,
+        "timm name.tag of the pretrained weights, also the model built (efficientnetv2_m -> "
+        "tf_efficientnetv2_m.in21k_ft_in1k) [default: resolved from --arch and saved in config.yaml]",
+    )
+    log: list[str] = opt([], "experiment logs in the run directory, a comma list of csv, tensorboard, wandb (offline)")
 
     def validate(self) -> TrainConfig:
         """Raise `ConfigError` naming the first bad value; return self."""
@@ -161,6 +173,9 @@ class TrainConfig:
         if len(self.inject_brightness) != 2:
             raise ConfigError(f"inject_brightness must be two numbers, low,high; got {self.inject_brightness}")
         self.needle_spec()  # raises on bad shapes, brightness or drift
+        bad_logs = [v for v in self.log if v not in LOGS]
+        if bad_logs:
+            raise ConfigError(f"log must be a comma list of {', '.join(LOGS)}; got {','.join(self.log)!r}")
         return self
 
     def needle_spec(self):

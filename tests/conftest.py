@@ -85,7 +85,7 @@ def bright_data(tmp_path_factory):
 
 
 def tiny_overrides(data, out, **extra):
-    """Config overrides for a fast CPU run: tiny model, small input, no workers."""
+    """Config overrides for a fast CPU run: tiny model, small input, no workers, no pretrained weights (no network)."""
     values = dict(
         data=str(data),
         out=str(out),
@@ -96,6 +96,7 @@ def tiny_overrides(data, out, **extra):
         workers=0,
         resizer=False,
         lr=1e-2,
+        pretrained=False,
     )
     values.update(extra)
     return values

@@ -143,6 +143,7 @@ TINY = [
     "--workers",
     "0",
     "--no-resizer",
+    "--no-pretrained",
     "--quiet",
 ]
 

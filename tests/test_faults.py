@@ -269,7 +269,7 @@ def test_no_network_is_said_only_for_network_errors(monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(ConfigError, match=r"for resnet18 \(offline\?\): no network \(LocalEntryNotFoundError"):
+    with pytest.raises(ConfigError, match=r"for resnet18\.a1_in1k \(offline\?\): no network \(LocalEntryNotFoundError"):
         create_backbone("resnet18", 1, 1, pretrained=True)  # the real hub client, offline
 
     def fails_with(error: BaseException):
@@ -288,7 +288,7 @@ def test_no_network_is_said_only_for_network_errors(monkeypatch):
     disk_full = OSError(errno.ENOSPC, "No space left on device")
     assert not is_network_error(http_404) and not is_network_error(disk_full)
     fails_with(disk_full)
-    with pytest.raises(ConfigError, match=r"resnet18 failed to load \(OSError: \[Errno 28\] No space") as info:
+    with pytest.raises(ConfigError, match=r"resnet18\.a1_in1k failed to load \(OSError: \[Errno 28\] No space") as info:
         create_backbone("resnet18", 1, 1, pretrained=True)
     assert "no network" not in str(info.value) and "offline" not in str(info.value)
     fails_with(RuntimeError("PytorchStreamReader failed reading zip archive"))  # a corrupt cached file

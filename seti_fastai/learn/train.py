@@ -5,22 +5,28 @@ runs/<name>/fold<k>/   config.yaml  model.pth  history.csv  oof.csv  metrics.jso
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
+import importlib.util
 import math
+import os
 import pickle
 import platform
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
+from fastai.callback.core import Callback
 from fastai.callback.progress import ProgressCallback
 from fastai.callback.schedule import minimum, slide, steep, valley
 from fastai.learner import Learner
-from fastai.torch_core import set_seed
+from fastai.torch_core import rank_distrib, set_seed
 
 from seti_fastai.config import TrainConfig, load_run_config, save_config
 from seti_fastai.data.cadence import image_shape
@@ -37,7 +43,7 @@ from seti_fastai.learn.callbacks import (
 )
 from seti_fastai.learn.datablock import get_dls, training_items
 from seti_fastai.model.heads import SetiLoss, auc_metric, log_odds, roc_auc
-from seti_fastai.model.models import build_model, check_arch, param_groups
+from seti_fastai.model.models import build_model, check_arch, param_groups, pretrained_name
 
 
 def device_precision(cfg: TrainConfig) -> str:
@@ -203,7 +209,8 @@ def build_learner(cfg: TrainConfig, items: pd.DataFrame | None = None, quiet: bo
     mixup, precision."""
     set_seed(cfg.seed)
     dls = get_dls(cfg, items)
-    model = build_model(cfg, in_chans=image_shape(cfg.panels, cfg.layout)[0])
+    fetch = not (cfg.init_from or cfg.resume)  # the weights of --init-from or last.pth replace pretrained ones
+    model = build_model(cfg, in_chans=image_shape(cfg.panels, cfg.layout)[0], load_pretrained=fetch)
     init_result = init_from(model, cfg) if cfg.init_from else None
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -224,6 +231,81 @@ def build_learner(cfg: TrainConfig, items: pd.DataFrame | None = None, quiet: bo
         learn.logger = lambda *_: None
     learn.init_result = init_result  # what --init-from loaded (None without it)
     return learn
+
+
+def resolve_pretrained(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with `pretrained_source` set: the timm `name.tag` the backbone is built as (and whose weights start it).
+
+    With pretrained weights (`--pretrained` or `--pretrained-weights`): `pretrained_name(arch)`
+    (`efficientnetv2_m` -> `tf_efficientnetv2_m.in21k_ft_in1k`); `--init-from` a run directory: that run's, so the
+    same architecture is built; otherwise (`--no-pretrained`) none, the model is `arch`. Saved in config.yaml, so
+    inference rebuilds the same model without the network.
+    """
+    if cfg.pretrained_source:
+        base = pretrained_name(cfg.pretrained_source, required=False).split(".")[0]
+        if base != cfg.arch.split(".")[0] and base != pretrained_name(cfg.arch, required=False).split(".")[0]:
+            raise ConfigError(f"pretrained_source {cfg.pretrained_source} is not a variant of --arch {cfg.arch}")
+        return cfg
+    if cfg.init_from:
+        run = Path(cfg.init_from)
+        run = run if run.is_dir() else run.parent
+        if (run / "config.yaml").is_file():
+            return dataclasses.replace(cfg, pretrained_source=load_run_config(run).pretrained_source)
+    if cfg.pretrained or cfg.pretrained_weights:
+        return dataclasses.replace(cfg, pretrained_source=pretrained_name(cfg.arch, not cfg.pretrained_weights))
+    return cfg
+
+
+def check_logs(cfg: TrainConfig) -> None:
+    """Raise one line when a `--log` needs a package that is not installed."""
+    for name in cfg.log:
+        if name in ("tensorboard", "wandb") and importlib.util.find_spec(name) is None:
+            raise ConfigError(f"--log {name} needs the {name} package: pip install {name}")
+
+
+@contextlib.contextmanager
+def experiment_logs(cfg: TrainConfig, run_dir: Path) -> Iterator[list[Callback]]:
+    """fastai's logging callbacks for `cfg.log`, writing inside `run_dir` on rank 0 only: `log.csv` (`CSVLogger`),
+    `tensorboard/` (`TensorBoardCallback`), `wandb/` (`WandbCallback`, offline: nothing leaves the machine)."""
+    cbs: list[Callback] = []
+    if rank_distrib() != 0 or not cfg.log:
+        yield cbs
+        return
+    check_logs(cfg)
+    wandb_run = None
+    if "csv" in cfg.log:
+        from fastai.callback.progress import CSVLogger
+
+        cbs.append(CSVLogger(fname="log.csv", append=cfg.resume))
+    if "tensorboard" in cfg.log:
+        from fastai.callback.tensorboard import TensorBoardCallback
+
+        cbs.append(TensorBoardCallback(log_dir=run_dir / "tensorboard", trace_model=False, log_preds=False))
+    mode = os.environ.get("WANDB_MODE")
+    try:
+        if "wandb" in cfg.log:
+            # the environment variable, not only init's mode: wandb 0.31 probes its server for telemetry otherwise
+            os.environ["WANDB_MODE"] = "offline"
+            import wandb
+            from fastai.callback.wandb import WandbCallback
+
+            wandb_run = wandb.init(
+                dir=str(run_dir), mode="offline", project=cfg.name, name=run_dir.name, config=cfg.to_dict(),
+                settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, disable_git=True),
+            )  # fmt: skip
+
+            class _Wandb(WandbCallback):  # fastai's gather_args fails on this Learner; the config went to init
+                def before_fit(self) -> None:
+                    self.learn.gather_args = dict
+                    super().before_fit()
+
+            cbs.append(_Wandb(log_preds=False, log_model=False))
+        yield cbs
+    finally:
+        if wandb_run is not None:
+            wandb_run.finish()
+        if "wandb" in cfg.log:
+            os.environ.pop("WANDB_MODE", None) if mode is None else os.environ.update(WANDB_MODE=mode)
 
 
 def run_state(run_dir: Path | str) -> Literal["finished", "interrupted", "new"]:
@@ -294,6 +376,8 @@ def train_fold(cfg: TrainConfig, quiet: bool = False, cbs: list | None = None) -
         saved.workers, saved.resume = cfg.workers, True
         cfg = saved
     check_arch(cfg.arch)
+    cfg = resolve_pretrained(cfg)
+    check_logs(cfg)
     items = training_items(cfg)
     learn = build_learner(cfg, items, quiet)
     save_config(cfg, run_dir / "config.yaml")
@@ -316,7 +400,9 @@ def train_fold(cfg: TrainConfig, quiet: bool = False, cbs: list | None = None) -
     lr = slice(cfg.lr * cfg.body_lr_mult, cfg.lr) if cfg.body_lr_mult != 1.0 else cfg.lr
     start = time.perf_counter()
     try:
-        learn.fit_one_cycle(cfg.epochs, lr, pct_start=cfg.pct_start, cbs=fit_cbs, start_epoch=start_epoch)
+        with experiment_logs(cfg, run_dir) as log_cbs:
+            fit_cbs += log_cbs
+            learn.fit_one_cycle(cfg.epochs, lr, pct_start=cfg.pct_start, cbs=fit_cbs, start_epoch=start_epoch)
         seconds = time.perf_counter() - start
         if recorder.best_epoch < 0:
             raise RunDirError(f"{run_dir}: validation AUC was never finite; no model saved")
@@ -385,7 +471,7 @@ def run_lr_find(cfg: TrainConfig, quiet: bool = False) -> dict[str, Any]:
     cfg.validate()
     run_dir = cfg.run_dir()
     check_arch(cfg.arch)
-    learn = build_learner(cfg, quiet=quiet)
+    learn = build_learner(resolve_pretrained(cfg), quiet=quiet)
     learn.lr_find(num_it=cfg.lr_find_iters, show_plot=False, suggest_funcs=())
     lrs = np.array(learn.recorder.lrs, dtype=float)
     losses = np.array([float(v) for v in learn.recorder.losses], dtype=float)
