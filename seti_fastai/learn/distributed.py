@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, TypeVar
 
 import torch
@@ -112,7 +113,7 @@ def gather_predictions(learn: Any, dl: Any) -> tuple[torch.Tensor, torch.Tensor]
     if not is_distributed():
         return learn.get_preds(dl=dl, act=lambda o: o)
     mine = list(range(rank(), len(dl.dataset), world_size()))
-    shard = dl.new(get_idxs=lambda: list(mine), n=len(mine), shuffle=False, drop_last=False)
+    shard = dl.new(get_idxs=partial(list, mine), n=len(mine), shuffle=False, drop_last=False)  # picklable
     shard.to_detach = _local_to_detach  # get_preds and the metrics would otherwise all-gather uneven shards
     out, targets = learn.get_preds(dl=shard, act=lambda o: o, reorder=False) if mine else (None, None)
     parts: list[Any] = [None] * world_size()
