@@ -242,30 +242,32 @@ ALL_FOLDS = inspect.Parameter(
 def train_cmd(overrides: dict[str, Any], config: Path | None, all_folds: bool, quiet: bool) -> None:
     """Train one fold (or --all-folds, or --stage pretrain) and write its run directory."""
     from seti_fastai.config import build_config
+    from seti_fastai.learn.distributed import is_main
     from seti_fastai.learn.train import resolve_pretrained, run_state, train_fold
     from seti_fastai.model.models import describe_pretrained
 
     cfg = build_config(config, overrides)
+    echo = typer.echo if is_main() else lambda *_, **__: None  # under accelerate launch / torchrun: rank 0 prints
     if all_folds and cfg.stage != "finetune":
         fail("--all-folds trains the folds of the finetune stage; --stage pretrain is one run")
     cfg = resolve_pretrained(cfg)  # efficientnetv2_m -> tf_efficientnetv2_m.in21k_ft_in1k, saved in config.yaml
-    typer.echo(describe_pretrained(cfg))
+    echo(describe_pretrained(cfg))
     for fold in range(cfg.n_folds) if all_folds else [cfg.fold]:
         run_cfg = dataclasses.replace(cfg, fold=fold)
         run_dir = run_cfg.run_dir()
         if all_folds:  # a restart goes on where the last one stopped: skip, resume or start each fold
             state = run_state(run_dir)
             if state == "finished":
-                typer.echo(f"{run_dir}: finished earlier (metrics.json), skipping")
+                echo(f"{run_dir}: finished earlier (metrics.json), skipping")
                 continue
             run_cfg.resume = state == "interrupted"
             if run_cfg.resume:
-                typer.echo(f"{run_dir}: interrupted earlier, resuming from last.pth")
+                echo(f"{run_dir}: interrupted earlier, resuming from last.pth")
         metrics = train_fold(run_cfg, quiet=quiet)
         if "init_from" in metrics:
             init = metrics["init_from"]
-            typer.echo(f"{run_dir}: started from {init['source']}: {init['loaded']} of {init['total']} tensors loaded")
-        typer.echo(
+            echo(f"{run_dir}: started from {init['source']}: {init['loaded']} of {init['total']} tensors loaded")
+        echo(
             f"{run_dir}: best validation AUC {metrics['best_auc']:.4f} at epoch {metrics['best_epoch']}, "
             f"{metrics['train_samples_per_s']:.0f} samples/s, {metrics['wall_seconds']:.0f} s"
         )

@@ -23,6 +23,7 @@ from fastai.torch_core import set_seed
 
 from seti_fastai.io import atomic_path, atomic_write_csv
 from seti_fastai.learn.batch_augment import BatchAugment
+from seti_fastai.learn.distributed import all_reduce_sum, is_main, rank, unwrap_dl, unwrap_model
 from seti_fastai.learn.transforms import AlbumentationsTransform
 
 
@@ -51,8 +52,17 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919) % 2**31
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of one rank: the seed itself on rank 0 (a single process), distinct on the others."""
+    return (seed + rank * 104_729) % 2**31
+
+
 class EpochSeed(Callback):
-    """Set python, numpy and torch seeds (and the training DataLoader's shuffler) from (seed, epoch)."""
+    """Set python, numpy and torch seeds (and the training DataLoader's shuffler) from (seed, epoch).
+
+    Under DDP each rank gets its own seed (augmentations, mixup, worker seeds differ); the shuffler, whose draw rank 0
+    broadcasts, keeps the seed of a single process.
+    """
 
     order = -20  # before everything that draws random numbers
 
@@ -61,8 +71,9 @@ class EpochSeed(Callback):
 
     def before_epoch(self) -> None:
         s = epoch_seed(self.seed, self.epoch)
-        set_seed(s)
+        set_seed(rank_seed(s, rank()))
         self.dls.train.rng = random.Random(s)
+        unwrap_dl(self.dls.train).rng = random.Random(s)  # the DataLoader inside DDP's `DistributedDL`
 
 
 class MixUpOr(Callback):
@@ -102,7 +113,7 @@ class ProgressiveResize(Callback):
 
     def before_epoch(self) -> None:
         size = self.sizes[min(self.epoch, len(self.sizes) - 1)]
-        self.learn.model.set_size(size)
+        unwrap_model(self.learn.model).set_size(size)
 
 
 class AugmentationOff(Callback):
@@ -115,7 +126,8 @@ class AugmentationOff(Callback):
 
     def before_epoch(self) -> None:
         on = self.epoch < self.n_epoch - self.last
-        for tfm in [*self.dls.train.after_item.fs, *self.dls.train.after_batch.fs]:
+        train_dl = unwrap_dl(self.dls.train)
+        for tfm in [*train_dl.after_item.fs, *train_dl.after_batch.fs]:
             if isinstance(tfm, AlbumentationsTransform | BatchAugment):
                 tfm.enabled = on
         for cb in self.learn.cbs:
@@ -127,7 +139,9 @@ class RunRecorder(Callback):
     """After each finished epoch: append to history.csv, save model.pth when validation AUC improves, and save
     last.pth (model, optimizer, epoch, best) so an interrupted run can go on with `--resume`.
 
-    Epochs skipped on resume (fastai's `SkipToEpoch`) are not recorded again.
+    Epochs skipped on resume (fastai's `SkipToEpoch`) are not recorded again. Under DDP the train loss and samples/s
+    are summed over ranks, the AUC is that of the whole fold (fastai's `DistributedDL` drops its padding when it
+    gathers), and only rank 0 writes.
     """
 
     order = 65  # after Recorder has the epoch's metrics, after SkipToEpoch decides
@@ -162,24 +176,30 @@ class RunRecorder(Callback):
         values = dict(zip(names, self.recorder.log[1 : 1 + len(names)], strict=True))
         seconds = time.perf_counter() - self._start
         auc = float(values.get("roc_auc", float("nan")))
+        n_train, loss_sum = all_reduce_sum([self._n_train, float(self._loss_sum)])  # all ranks' samples
+        model = unwrap_model(self.learn.model)
         row = dict(
             epoch=self.epoch,
-            train_loss=float(self._loss_sum) / max(self._n_train, 1),  # the epoch's mean, not fastai's smoothed loss
+            train_loss=loss_sum / max(n_train, 1),  # the epoch's mean, not fastai's smoothed loss
             valid_loss=float(values["valid_loss"]),
             roc_auc=auc,
             lr=float(self.opt.hypers[-1]["lr"]),
-            size=self.learn.model.size[0],
+            size=model.size[0],
             seconds=round(seconds, 2),
-            train_samples_per_s=round(self._n_train / self._train_seconds, 2),
+            train_samples_per_s=round(n_train / self._train_seconds, 2),
         )
         self.rows.append(row)
-        atomic_write_csv(pd.DataFrame(self.rows), self.run_dir / "history.csv")
-        if not math.isnan(auc) and auc > self.best:
+        improved = not math.isnan(auc) and auc > self.best
+        if improved:
             self.best, self.best_epoch = auc, self.epoch
+        if not is_main():
+            return
+        atomic_write_csv(pd.DataFrame(self.rows), self.run_dir / "history.csv")
+        if improved:
             with atomic_path(self.run_dir / "model.pth") as tmp:
-                torch.save(self.learn.model.state_dict(), tmp)
+                torch.save(model.state_dict(), tmp)
         checkpoint = dict(
-            model=self.learn.model.state_dict(),
+            model=model.state_dict(),
             opt=plain_opt_state(self.opt),
             epoch=self.epoch,
             best=self.best,

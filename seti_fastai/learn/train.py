@@ -42,6 +42,15 @@ from seti_fastai.learn.callbacks import (
     load_opt_state,
 )
 from seti_fastai.learn.datablock import get_dls, training_items
+from seti_fastai.learn.distributed import (
+    barrier,
+    ddp_ctx,
+    gather_predictions,
+    init_distributed,
+    is_main,
+    rank0_first,
+    world_size,
+)
 from seti_fastai.model.heads import SetiLoss, auc_metric, log_odds, roc_auc
 from seti_fastai.model.models import build_model, check_arch, param_groups, pretrained_name
 
@@ -213,7 +222,8 @@ def build_learner(cfg: TrainConfig, items: pd.DataFrame | None = None, quiet: bo
     model = build_model(cfg, in_chans=image_shape(cfg.panels, cfg.layout)[0], load_pretrained=fetch)
     init_result = init_from(model, cfg) if cfg.init_from else None
     run_dir = cfg.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if is_main():  # the only rank that writes the run directory
+        run_dir.mkdir(parents=True, exist_ok=True)
     learn = Learner(
         dls, model, loss_func=SetiLoss(cfg.head, cfg.pos_weight), metrics=[auc_metric()], splitter=param_groups,
         wd=cfg.wd, path=run_dir, model_dir=".",
@@ -366,11 +376,18 @@ def _versions() -> dict[str, str]:
 
 
 def train_fold(cfg: TrainConfig, quiet: bool = False, cbs: list | None = None) -> dict[str, Any]:
-    """Train one run (a fold, or the pre-training stage) and write its run directory; returns metrics.json."""
+    """Train one run (a fold, or the pre-training stage) and write its run directory; returns metrics.json.
+
+    Under `accelerate launch` / `torchrun` every rank trains its share of each batch (DDP); only rank 0 writes, the
+    others read last.pth on --resume like rank 0 and wait at barriers where rank 0 writes what they read.
+    """
     cfg.validate()
+    init_distributed()
     run_dir = cfg.run_dir()
     checkpoint = _check_run_dir(run_dir, cfg.resume)
-    _remove_partials(run_dir)
+    barrier()  # every rank has read the run directory before rank 0 writes to it
+    if is_main():
+        _remove_partials(run_dir)
     if checkpoint is not None:  # go on exactly as saved: the run's own config, this call's workers
         saved = load_run_config(run_dir)
         saved.workers, saved.resume = cfg.workers, True
@@ -378,9 +395,10 @@ def train_fold(cfg: TrainConfig, quiet: bool = False, cbs: list | None = None) -
     check_arch(cfg.arch)
     cfg = resolve_pretrained(cfg)
     check_logs(cfg)
-    items = training_items(cfg)
-    learn = build_learner(cfg, items, quiet)
-    save_config(cfg, run_dir / "config.yaml")
+    items = rank0_first(training_items, cfg)  # rank 0 makes the fold CSV if it is missing, the others read it
+    learn = build_learner(cfg, items, quiet or not is_main())
+    if is_main():
+        save_config(cfg, run_dir / "config.yaml")
     recorder = RunRecorder(run_dir)
     start_epoch = 0
     if checkpoint is not None:
@@ -400,7 +418,7 @@ def train_fold(cfg: TrainConfig, quiet: bool = False, cbs: list | None = None) -
     lr = slice(cfg.lr * cfg.body_lr_mult, cfg.lr) if cfg.body_lr_mult != 1.0 else cfg.lr
     start = time.perf_counter()
     try:
-        with experiment_logs(cfg, run_dir) as log_cbs:
+        with ddp_ctx(learn), experiment_logs(cfg, run_dir) as log_cbs:
             fit_cbs += log_cbs
             learn.fit_one_cycle(cfg.epochs, lr, pct_start=cfg.pct_start, cbs=fit_cbs, start_epoch=start_epoch)
         seconds = time.perf_counter() - start
@@ -424,15 +442,18 @@ def train_fold(cfg: TrainConfig, quiet: bool = False, cbs: list | None = None) -
 def _finish_run(
     cfg: TrainConfig, learn: Learner, items: pd.DataFrame, recorder: RunRecorder, seconds: float
 ) -> dict[str, Any]:
-    """Reload the best weights, write oof.csv and metrics.json, drop the resume checkpoint."""
+    """Reload the best weights, write oof.csv and metrics.json, drop the resume checkpoint (rank 0 writes; the
+    validation fold is predicted across ranks, each cadence once)."""
     run_dir = cfg.run_dir()
+    barrier()  # rank 0 has written the last model.pth
     learn.model.load_state_dict(load_weights(run_dir / "model.pth"))
-    out, targets = learn.get_preds(dl=learn.dls.valid, act=lambda o: o)
+    out, targets = gather_predictions(learn, learn.dls.valid)
     valid = items[items["is_valid"]]
     oof = pd.DataFrame(
         {"id": valid["id"].to_numpy(), "target": valid["target"].to_numpy(), "logit": log_odds(out).float().numpy()}
     )
-    atomic_write_csv(oof, run_dir / "oof.csv")
+    if is_main():
+        atomic_write_csv(oof, run_dir / "oof.csv")
     history = pd.DataFrame(recorder.rows)
     metrics = dict(
         best_auc=recorder.best, best_epoch=recorder.best_epoch, oof_auc=roc_auc(out, targets),
@@ -443,8 +464,12 @@ def _finish_run(
     )  # fmt: skip
     if learn.init_result is not None:
         metrics["init_from"] = learn.init_result._asdict()
-    atomic_write_json(run_dir / "metrics.json", metrics)
-    (run_dir / "last.pth").unlink(missing_ok=True)
+    if world_size() > 1:
+        metrics["processes"] = world_size()
+    if is_main():
+        atomic_write_json(run_dir / "metrics.json", metrics)
+        (run_dir / "last.pth").unlink(missing_ok=True)
+    barrier()  # the run directory is complete when any rank returns
     return metrics
 
 
@@ -469,6 +494,8 @@ def run_lr_find(cfg: TrainConfig, quiet: bool = False) -> dict[str, Any]:
     from seti_fastai.evaluate.plots import plot_lr_find
 
     cfg.validate()
+    if world_size() > 1:
+        raise ConfigError("lr-find runs in one process: start it with python or seti-fastai, not accelerate/torchrun")
     run_dir = cfg.run_dir()
     check_arch(cfg.arch)
     learn = build_learner(resolve_pretrained(cfg), quiet=quiet)
