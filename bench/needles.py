@@ -26,6 +26,7 @@ import pandas as pd
 
 from seti_fastai.config import build_config
 from seti_fastai.data.cadence import KaggleData
+from seti_fastai.evaluate.blend import blend, tune_weight
 from seti_fastai.evaluate.dedoppler import DedopplerConfig, score_files
 from seti_fastai.evaluate.infer import evaluate, predict, write_submission
 from seti_fastai.io import atomic_write_csv, atomic_write_json, atomic_write_text
@@ -64,6 +65,26 @@ def dedoppler_row(data: Path, hidden: Path, runs: Path) -> dict:
         atomic_write_json(out.with_suffix(".json"), dict(seconds=seconds))
     seconds = json.loads(out.with_suffix(".json").read_text())["seconds"]
     return dict(valid=float("nan"), seconds=seconds, **test_auc(out, hidden))
+
+
+def dedoppler_scores(data: Path, split: str, ids: list[str], out: Path) -> Path:
+    """The reference's scores of `ids` (cached in `out`)."""
+    if not out.is_file():
+        scores = score_files(KaggleData(data).paths(split, ids), DedopplerConfig(), workers=2)["score"].to_numpy()
+        atomic_write_csv(pd.DataFrame({"id": ids, "score": scores}), out)
+    return out
+
+
+def stacked_row(name: str, seed: int, args: argparse.Namespace) -> dict:
+    """A finished row's model stacked with the reference: rank blend, weight tuned on fold 0's validation cadences."""
+    run_dir = args.runs / f"{name}-s{seed}" / "fold0"
+    oof = pd.read_csv(run_dir / "oof.csv", dtype={"id": str})
+    valid_ref = dedoppler_scores(args.data, "train", oof["id"].tolist(), args.runs / "dedoppler" / "valid_fold0.csv")
+    tuned = tune_weight([run_dir / "oof.csv", valid_ref], args.data / "train_labels.csv")
+    out = run_dir / "stacked_test.csv"
+    atomic_write_csv(blend([run_dir / "test.csv", args.runs / "dedoppler" / "test.csv"], tuned["weights"]), out)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return dict(valid=tuned["valid_auc"], seconds=metrics["wall_seconds"], **test_auc(out, args.hidden))
 
 
 def model_row(name: str, extra: dict, seed: int, args: argparse.Namespace) -> dict:
@@ -106,6 +127,9 @@ def main() -> None:
     p.add_argument("--rows", nargs="*", choices=list(ROWS), help="rows to run (default: all)")
     p.add_argument("--combo", action="append", default=[], help="extra row: field=value,... of config fields")
     p.add_argument("--seeds", nargs="+", type=int, default=[42])
+    p.add_argument(
+        "--stack", nargs="*", default=[], help="rows (run names) also stacked with the reference (`seti-fastai blend`)"
+    )
     p.add_argument("--arch", default="resnet18")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--epochs", type=int, default=3)
@@ -125,7 +149,9 @@ def main() -> None:
     for seed in args.seeds:
         for name, (label, extra) in rows.items():
             results.append((label, seed, model_row(name, extra, seed, args)))
-            print(table(results).splitlines()[-1], flush=True)
+            if name in args.stack:
+                results.append((f"{label}, stacked with the reference", seed, stacked_row(name, seed, args)))
+            print("\n".join(table(results).splitlines()[-1 - (name in args.stack) :]), flush=True)
             atomic_write_text(args.out, table(results) + "\n")
 
 
