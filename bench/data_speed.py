@@ -6,9 +6,10 @@
 The training pipeline of the default recipe at a 512 x 512 model input: load (ON panels, 819 x 256 full resolution;
 the model resizes on the device), the albumentations recipe, SpecAugment, collation; no model. Measured with
 workers=0, one process doing what one DataLoader worker does, with the thread limits a worker gets
-(`torch.set_num_threads(1)` from fastai, `cv2.setNumThreads(1)` from `limit_worker_threads`), so the figure is per
-worker (target: >= 250 samples/s from the cache). Also printed: loading alone (cache vs files), the same pipeline with
-the default thread counts, and the time to an epoch's first batch with 2 workers, `persistent_workers` on and off.
+(`torch.set_num_threads(1)` from fastai, `cv2.setNumThreads(1)` from `loader_kwargs`, inherited by forked workers),
+so the figure is per worker (target: >= 250 samples/s from the cache). Also printed: loading alone (cache vs files),
+the same pipeline with the default thread counts, and the time to an epoch's first batch with 2 workers,
+`persistent_workers` on and off.
 """
 
 from __future__ import annotations

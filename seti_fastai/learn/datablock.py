@@ -105,17 +105,14 @@ def run_packed(
     return packed_sources(data or cfg.data, [*paths, *partner_files], cfg.out, mode or cfg.packed)
 
 
-def limit_worker_threads() -> None:
-    """Run in every DataLoader worker (fastai's `wif` hook, after fastai's own `torch.set_num_threads(1)`): OpenCV
-    single-threaded too, so N workers do not each start a thread per core (see bench/data_speed.py)."""
-    cv2.setNumThreads(1)
-
-
 def loader_kwargs(device=None) -> dict:
-    """DataLoader options of the fast data path: pinned memory for a CUDA device, thread limits in the workers."""
+    """DataLoader options of the fast data path: pinned memory for a CUDA device. OpenCV goes single-threaded here,
+    in the parent, so forked workers inherit it: N workers do not each start a thread per core (bench/data_speed.py),
+    and no worker calls `cv2.setNumThreads` after a fork (that can deadlock on the pool's lock held at fork time)."""
+    cv2.setNumThreads(1)
     dev = torch.device(device) if device is not None else None
     cuda = torch.cuda.is_available() and (dev is None or dev.type == "cuda")
-    return dict(pin_memory=cuda, wif=limit_worker_threads)
+    return dict(pin_memory=cuda)
 
 
 def data_block(cfg: TrainConfig, partners: Partners | None = None, packed: PackedSources | None = None) -> DataBlock:
