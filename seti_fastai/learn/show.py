@@ -17,7 +17,7 @@ wins. The fastai modules that define the fallbacks are imported first, so the me
 import math
 
 import fastai.data.core  # (fastai's fallback show_batch / show_results, registered before ours)
-import fastai.interpret  # (fastai's fallback plot_top_losses, registered before ours)
+import fastai.interpret  # noqa: F401  (fastai's fallback plot_top_losses, registered before ours)
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
@@ -144,9 +144,7 @@ def _verdict(label: float, pred: float) -> str:
 
 
 @dispatch
-def show_batch(
-    x: TensorCadence, y, samples, ctxs=None, max_n: int = 9, nrows=None, ncols=None, figsize=None, **kwargs
-):
+def show_batch(x: TensorCadence, y, samples, ctxs=None, max_n: int = 9, nrows=None, ncols=None, figsize=None, **kwargs):
     """`dls.show_batch()`: each cadence with its label (or alone, for a test DataLoader) as title."""
     n = min(len(samples), max_n)
     if ctxs is None:
