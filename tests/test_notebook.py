@@ -51,7 +51,7 @@ matplotlib.use("Agg")
 DATA, WORK = None, {str(work)!r}
 N_TRAIN, N_TEST = 40, 10
 ARCH, SIZE, EPOCHS, BS, LR = "test_efficientnet", 64, 1, 8, 1e-2
-LR_FIND_ITERS = 12
+LR_FIND_ITERS = 25  # fastai's valley needs enough points after it drops the first tenth and last five
 WORKERS = 0
 """
 
