@@ -14,8 +14,8 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-from fastai.data.transforms import DisplayedTransform, ItemTransform
-from fastai.torch_core import TensorImage
+from fastai.data.transforms import CategoryMap, DisplayedTransform, ItemTransform
+from fastai.torch_core import TensorBase, TensorImage, show_title
 
 from seti_fastai.data.background import subtract_background
 from seti_fastai.data.cadence import Layout, Panels, cadence_to_image, used_panels
@@ -23,6 +23,25 @@ from seti_fastai.data.inject import NeedleSpec, draw_needle, import_setigen
 from seti_fastai.data.pack import PackedSources, read_cadence
 
 Partners = dict[str, list[tuple[str, int]]]  # cadence id -> [(partner file, shift), ...], best first
+
+
+class TensorCadence(TensorImage):
+    """A cadence image (C, H, W) that shows itself as the preview does: the ON panels stacked in time beside the OFF
+    panels (`seti_fastai.learn.show.show_cadence`). `cadence_panels` and `cadence_layout` ride along as fastai
+    metadata (set by `CadenceLoader`); without them the layout is read from the shape. Otherwise a `TensorImage`."""
+
+    def show(self, ctx=None, **kwargs):
+        from seti_fastai.learn.show import show_cadence
+
+        panels, layout = getattr(self, "cadence_panels", None), getattr(self, "cadence_layout", None)
+        return show_cadence(self, ctx=ctx, panels=panels, layout=layout, **kwargs)
+
+
+class TensorLabel(TensorBase):
+    """A float label in [0, 1] (mixup blends it, BCE takes it) that shows itself as a title: `label 1`."""
+
+    def show(self, ctx=None, prefix: str = "label", **kwargs):
+        return show_title(f"{prefix} {float(self):g}", ctx=ctx, **kwargs)
 
 
 class CadenceLoader(DisplayedTransform):
@@ -47,7 +66,7 @@ class CadenceLoader(DisplayedTransform):
         self.panels, self.layout, self.standardize, self.partners = panels, layout, standardize, partners
         self.packed = packed
 
-    def encodes(self, path) -> TensorImage:
+    def encodes(self, path) -> TensorCadence:
         found = self.partners.get(Path(path).stem, []) if self.partners else []
         if found:
             cadence = read_cadence(path, None, self.packed)
@@ -55,7 +74,7 @@ class CadenceLoader(DisplayedTransform):
         else:
             cadence = read_cadence(path, used_panels(self.panels, self.layout), self.packed)
         image = cadence_to_image(cadence, self.panels, self.layout, self.standardize)
-        return TensorImage(torch.from_numpy(image))
+        return TensorCadence(torch.from_numpy(image), cadence_panels=self.panels, cadence_layout=self.layout)
 
 
 class InjectNeedle(ItemTransform):
@@ -93,12 +112,20 @@ class InjectNeedle(ItemTransform):
         if self._stg is None:
             self._stg = import_setigen()
         needle = cadence_to_image(draw_needle(self._stg, self.spec, rng), self.panels, self.layout)
-        return TensorImage(x + torch.from_numpy(needle)), torch.ones_like(y)
+        return x + torch.from_numpy(needle), torch.ones_like(y)  # keeps the image's type and metadata
 
 
-def to_float_target(target) -> torch.Tensor:
-    """0/1 label -> float32 scalar tensor, so mixup can blend it and BCE can use it."""
-    return torch.tensor(float(target), dtype=torch.float32)
+class FloatTarget(DisplayedTransform):
+    """0/1 label -> float32 scalar `TensorLabel`, so mixup can blend it and BCE can use it. `vocab` names the two
+    classes (the loss decodes a prediction to 0 or 1) for fastai's `ClassificationInterpretation`."""
+
+    vocab = CategoryMap(["0", "1"], sort=False)
+
+    def encodes(self, target) -> TensorLabel:
+        return TensorLabel(torch.tensor(float(target), dtype=torch.float32))
+
+
+to_float_target = FloatTarget()  # the target block's type transform
 
 
 class AlbumentationsTransform(DisplayedTransform):
@@ -139,7 +166,9 @@ class AlbumentationsTransform(DisplayedTransform):
             out = out[:, :, None]
         if self.rescale:
             out = out * scale + lo
-        return TensorImage(torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)))
+        result = type(x)(torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)))
+        result.__dict__.update(x.__dict__)  # a TensorCadence keeps its panels and layout
+        return result
 
 
 def recipe_pipeline(

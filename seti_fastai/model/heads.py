@@ -27,26 +27,36 @@ def log_odds(out: torch.Tensor) -> torch.Tensor:
 
 
 class SetiLoss(nn.Module):
-    """BCE with logits (1 output) or soft-target cross-entropy (2 outputs), on float targets in [0, 1]."""
+    """BCE with logits (1 output) or soft-target cross-entropy (2 outputs), on float targets in [0, 1].
 
-    def __init__(self, head: str = "bce", pos_weight: float | None = None):
+    `reduction` ("mean", "none", "sum") is what fastai switches to "none" for per-item losses (`Interpretation`);
+    `decodes` turns a probability into the class 0 or 1, as fastai's `BCEWithLogitsLossFlat` does.
+    """
+
+    def __init__(self, head: str = "bce", pos_weight: float | None = None, reduction: str = "mean"):
         super().__init__()
-        self.head = head
+        self.head, self.reduction = head, reduction
         self.register_buffer("pos_weight", torch.tensor(pos_weight) if pos_weight is not None else None)
 
     def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = target.float().view(-1)
         if self.head == "bce":
-            return F.binary_cross_entropy_with_logits(out.view(-1).float(), target, pos_weight=self.pos_weight)
+            return F.binary_cross_entropy_with_logits(
+                out.view(-1).float(), target, pos_weight=self.pos_weight, reduction=self.reduction
+            )
         probs = torch.stack([1 - target, target], dim=1)
         weight = None
         if self.pos_weight is not None:
             weight = torch.stack([torch.ones_like(self.pos_weight), self.pos_weight]).float()
-        return F.cross_entropy(out.float(), probs, weight=weight)
+        return F.cross_entropy(out.float(), probs, weight=weight, reduction=self.reduction)
 
     def activation(self, out: torch.Tensor) -> torch.Tensor:
         """Probability of the positive class (used by `Learner.get_preds`)."""
         return torch.sigmoid(log_odds(out))
+
+    def decodes(self, probs: torch.Tensor) -> torch.Tensor:
+        """Probability of the positive class -> predicted class (0. or 1.), for `get_preds(with_decoded=True)`."""
+        return (probs > 0.5).float()
 
 
 def roc_auc(out: torch.Tensor, target: torch.Tensor) -> float:
