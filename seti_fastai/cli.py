@@ -251,7 +251,8 @@ def train_cmd(overrides: dict[str, Any], config: Path | None, all_folds: bool, q
     if all_folds and cfg.stage != "finetune":
         fail("--all-folds trains the folds of the finetune stage; --stage pretrain is one run")
     cfg = resolve_pretrained(cfg)  # efficientnetv2_m -> tf_efficientnetv2_m.in21k_ft_in1k, saved in config.yaml
-    echo(describe_pretrained(cfg))
+    if line := describe_pretrained(cfg):
+        echo(line)
     for fold in range(cfg.n_folds) if all_folds else [cfg.fold]:
         run_cfg = dataclasses.replace(cfg, fold=fold)
         run_dir = run_cfg.run_dir()
@@ -281,7 +282,8 @@ def lr_find_cmd(overrides: dict[str, Any], config: Path | None, quiet: bool) -> 
     from seti_fastai.model.models import describe_pretrained
 
     cfg = resolve_pretrained(build_config(config, overrides))
-    typer.echo(describe_pretrained(cfg))
+    if line := describe_pretrained(cfg):
+        typer.echo(line)
     result = run_lr_find(cfg, quiet=quiet)
     shown = ", ".join(f"{k} {v:.2e}" for k, v in result["suggestions"].items() if v)
     typer.echo(f"lr_find: {shown or 'no suggestion (curve too short)'}; saved {cfg.run_dir() / 'lr_find.png'}")
@@ -621,9 +623,10 @@ def pseudo_label_cmd(
     top_k_neg: Annotated[int | None, typer.Option(help="Instead of thresholds: the M least probable cadences.")] = None,
     soft: Annotated[bool, typer.Option("--soft", help="Write the probability as the target, not 0/1.")] = False,
     tta: Annotated[str, typer.Option(help="none, flips (batched flip views) or N (fastai TTA, N passes).")] = "none",
-    no_calibration: Annotated[
-        bool, typer.Option("--no-calibration", help="Ignore the runs' calibration.json files.")
-    ] = False,
+    calibration: Annotated[
+        str, typer.Option(help="auto, per-run, pooled, none, or a pooled calibration file (as for predict).")
+    ] = "auto",
+    no_calibration: Annotated[bool, typer.Option("--no-calibration", help="Same as --calibration none.")] = False,
     bs: Annotated[int, typer.Option(help="Batch size.")] = 64,
     workers: Annotated[int, typer.Option(help="DataLoader workers.")] = min(8, os.cpu_count() or 1),
     device: Annotated[str | None, typer.Option(help="cpu or cuda [default: cuda when available].")] = None,
@@ -640,7 +643,7 @@ def pseudo_label_cmd(
 
     selection = Selection(pos_threshold, neg_threshold, top_k_pos, top_k_neg, soft).validate()
     n = len(check_inputs(run_dirs, data, "test", None, tta, "prob", 1.0)[1])
-    resolved = resolve_calibration(run_dirs, "none" if no_calibration else "auto", tta, "prob")
+    resolved = resolve_calibration(run_dirs, "none" if no_calibration else calibration, tta, "prob")
     if resolved.mode != "none":
         typer.echo(resolved.describe())
     passes = len(run_dirs) * (1 if not tta.isdigit() else 0)

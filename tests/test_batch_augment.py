@@ -156,3 +156,14 @@ def test_gpu_path_moves_augmentations_to_batches_and_spares_validation(synth_dat
     augment = next(t for t in gpu.train.after_batch.fs if isinstance(t, BatchAugment))
     augment.enabled = False  # what AugmentationOff does for the last epochs
     assert torch.equal(gpu.train.after_batch(xv.clone()), xv)
+
+
+def test_batch_augment_keeps_the_cadence_type_for_show_batch():
+    from seti_fastai.learn.transforms import TensorCadence
+
+    x = TensorCadence(torch.randn(4, 1, 64, 32), cadence_panels="on", cadence_layout="diff")
+    augment = BatchAugment(freq_flip_p=1.0, affine_p=0, motion_blur_p=0, spec_augment_p=0)
+    augment.split_idx = None  # apply outside a DataLoader
+    y = augment(x)
+    assert type(y) is TensorCadence and y.cadence_layout == "diff" and y.cadence_panels == "on"
+    assert torch.equal(y.as_subclass(torch.Tensor), x.as_subclass(torch.Tensor).flip(-1))

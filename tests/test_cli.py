@@ -27,8 +27,10 @@ def one_line_error(result, *fragments: str) -> None:
 
 @pytest.fixture
 def data_copy(synth_data, tmp_path):
+    """A private copy of the session's data set, without the files other tests derived beside it (folds, caches)."""
     root = tmp_path / "data"
-    shutil.copytree(synth_data[0], root)
+    derived = shutil.ignore_patterns("folds_*.csv", "matches.csv", "dedoppler_*.csv", "packed")
+    shutil.copytree(synth_data[0], root, ignore=derived)
     return root
 
 

@@ -250,11 +250,13 @@ def predict(
     for members in groups.values():
         cfg = loaded[members[0]][0]
         partners = run_partners(cfg, data)  # matches.csv is read once per setting, not once per fold
-        dl = inference_dl(cfg, paths, bs, workers, dev, partners, run_packed(cfg, paths, partners, data, packed))
-        if tta.isdigit():  # fastai's TTA draws augmented passes per model: one DataLoader pass per run
+        sources = run_packed(cfg, paths, partners, data, packed)
+        if tta.isdigit():  # fastai's TTA draws each run's own augmentations: one DataLoader pass per run
             for i in members:
-                per_run[i] = predict_fastai_tta(loaded[i][0], loaded[i][1], dl, int(tta), beta, combine)
+                run_dl = inference_dl(loaded[i][0], paths, bs, workers, dev, partners, sources)
+                per_run[i] = predict_fastai_tta(loaded[i][0], loaded[i][1], run_dl, int(tta), beta, combine)
             continue
+        dl = inference_dl(cfg, paths, bs, workers, dev, partners, sources)
         views = [flip_views(loaded[i][0]) if tta == "flips" else [()] for i in members]
         zs = predict_views_runs([loaded[i][1] for i in members], dl, views, dev, progress)
         for i, z in zip(members, zs, strict=True):
@@ -298,7 +300,8 @@ def oof_views(
     kaggle.check_files(split, oof["id"].tolist())
     paths = [str(p) for p in kaggle.paths(split, oof["id"].tolist())]
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dl = inference_dl(cfg, paths, bs, workers, dev, run_partners(cfg, data))
+    partners = run_partners(cfg, data)
+    dl = inference_dl(cfg, paths, bs, workers, dev, partners, run_packed(cfg, paths, partners, data))
     views = flip_views(cfg) if tta == "flips" else [()]
     return oof[["id", "target"]], predict_views(model, dl, views, dev, progress)
 

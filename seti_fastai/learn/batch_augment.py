@@ -160,7 +160,7 @@ class BatchAugment(DisplayedTransform):
         self.spec_augment_p, self.spec_alpha, self.time_shift = spec_augment_p, spec_alpha, time_shift
         self.enabled = True
 
-    def encodes(self, x: TensorImage) -> TensorImage:
+    def encodes(self, x: TensorImage):  # no return type: fastai would cast TensorCadence back to TensorImage
         if not self.enabled:
             return x
         out = x.as_subclass(torch.Tensor)
@@ -172,7 +172,9 @@ class BatchAugment(DisplayedTransform):
             out = motion_blur(out, self.motion_blur_p, self.time_shift)
         if self.spec_augment_p > 0:
             out = spec_augment(out, self.spec_augment_p, self.spec_alpha)
-        return TensorImage(out)
+        kept = type(x)(out)  # the input's own type (TensorCadence) and metadata, for show_batch
+        kept.__dict__.update(x.__dict__)
+        return kept
 
 
 def batch_augment(cfg) -> BatchAugment | None:

@@ -332,18 +332,16 @@ def _from_hub(name: str, kwargs: dict) -> nn.Module:
     return timm.create_model(name, pretrained=True, **kwargs)
 
 
-def describe_pretrained(cfg) -> str:
-    """One line for the start of training: the model built and where its first weights come from."""
+def describe_pretrained(cfg) -> str | None:
+    """One line for the start of training: the pretrained weights and the model built from them; None when the
+    weights are random or come from a run (`--init-from`, `--resume`) and the architecture is the one asked for."""
     fetch = cfg.pretrained or cfg.pretrained_weights
     name = cfg.pretrained_source or (pretrained_name(cfg.arch, not cfg.pretrained_weights) if fetch else cfg.arch)
     base = name.split(".")[0]
     built = "" if base == cfg.arch.split(".")[0] else f", built as {base} (timm has no weights for {cfg.arch})"
-    if cfg.resume:
-        return f"{cfg.arch}: weights from the interrupted run's last.pth{built}"
-    if cfg.init_from:
-        return f"{cfg.arch}: weights from --init-from {cfg.init_from}{built}"
-    if not fetch:
-        return f"{cfg.arch}: random initial weights (--no-pretrained)"
+    if cfg.resume or cfg.init_from or not fetch:
+        start = "the interrupted run's last.pth" if cfg.resume else cfg.init_from or "random weights"
+        return f"{cfg.arch}: weights from {start}{built}" if built else None
     where = cfg.pretrained_weights or "timm's hub (or its cache)"
     return f"{cfg.arch}: pretrained weights {name} from {where}{built}"
 
