@@ -45,7 +45,8 @@ def main() -> None:
     data, runs_dir = work / "data", work / "runs"
     if not (data / "train_labels.csv").is_file():
         cli("synth", data, "--n-train", 800, "--n-test", 200, "--seed", 3)
-    tiny = ["--arch", "test_efficientnet", "--size", 64, "--bs", 16, "--workers", args.workers, "--no-resizer"]
+    tiny = ["--arch", "test_efficientnet", "--size", 64, "--bs", 16, "--workers", args.workers, "--no-resizer",
+            "--no-pretrained"]  # fmt: skip
     cli(
         "train",
         "--all-folds",

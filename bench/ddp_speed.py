@@ -30,6 +30,7 @@ def run(procs: int, args: argparse.Namespace, out: Path) -> dict:
     flags = [
         "--data", str(args.data), "--out", str(out), "--name", name, "--arch", args.arch, "--size", str(args.size),
         "--epochs", str(args.epochs), "--bs", str(args.bs), "--workers", str(args.workers), "--no-resizer", "--quiet",
+        "--no-pretrained",
     ]  # fmt: skip
     script = str(ROOT / "scripts" / "train.py")
     launch = [sys.executable, script] if procs == 1 else [

@@ -106,7 +106,7 @@ if [ "$steps" = 1 ] && [ "$n_gpus" -ge 2 ]; then
         echo "gpu_check: 2-process DDP (cap ${cap}s)" >&2
         if timeout --kill-after=10 "$cap" "$py" -m accelerate.commands.launch --num_processes 2 scripts/train.py \
             --data "$data" --out "$tmp/runs" --name ddp --arch "$arch" --size "$size" --bs "$bs" --epochs 1 \
-            --workers "$workers" --quiet >> "$log" 2>&1; then
+            --workers "$workers" --no-pretrained --quiet >> "$log" 2>&1; then
             rate=$("$py" -c "import json,sys; print(round(json.load(open(sys.argv[1]))['train_samples_per_s'], 1))" \
                 "$tmp/runs/ddp/fold0/metrics.json" 2>/dev/null || echo "?")
             row "DDP, 2 processes: train samples/s (rank 0's history)" "$rate" "accelerate launch, $((SECONDS - ddp_start)) s"

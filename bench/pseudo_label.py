@@ -49,7 +49,7 @@ def main() -> None:
         sh("synth", data, "--n-train", 600, "--n-test", 600, "--seed", 5, "--difficulty", args.difficulty)
     labels = hidden / "test_labels.csv"
     tiny = ["--arch", "test_efficientnet", "--size", args.size, "--epochs", args.epochs, "--bs", 32, "--workers", 2,
-            "--no-resizer", "--lr", "3e-3", "--fold", 0, "--quiet"]  # fmt: skip
+            "--no-resizer", "--no-pretrained", "--lr", "3e-3", "--fold", 0, "--quiet"]  # fmt: skip
     rows = []
     for seed in args.seeds:
         runs = w / f"runs_s{seed}"
