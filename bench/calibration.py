@@ -40,11 +40,12 @@ def main() -> None:
     p.add_argument("--tta", default="flips")
     p.add_argument("--combine", default="prob")
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--difficulty", default="realistic", help="synth --difficulty of the set (easy: the folds learn)")
     args = p.parse_args()
     work = Path(args.work)
     data, runs_dir = work / "data", work / "runs"
     if not (data / "train_labels.csv").is_file():
-        cli("synth", data, "--n-train", 800, "--n-test", 200, "--seed", 3)
+        cli("synth", data, "--n-train", 800, "--n-test", 200, "--seed", 3, "--difficulty", args.difficulty)
     tiny = ["--arch", "test_efficientnet", "--size", 64, "--bs", 16, "--workers", args.workers, "--no-resizer",
             "--no-pretrained"]  # fmt: skip
     cli(
