@@ -142,14 +142,21 @@ class KaggleData:
 _NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
+def read_npy_header(f) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from the header of an open `.npy` file, reading no data; ValueError, OSError, EOFError,
+    SyntaxError or TypeError for a file that is not a readable `.npy` array."""
+    version = np.lib.format.read_magic(f)
+    if version not in _NPY_HEADERS:
+        raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+    shape, _, dtype = _NPY_HEADERS[version](f)
+    return tuple(shape), dtype
+
+
 def _check_npy_header(f, path: Path) -> None:
     """Check shape and dtype from a `.npy` header before any data are read: an object array is never unpickled and
     a header claiming a huge shape allocates nothing."""
     try:
-        version = np.lib.format.read_magic(f)
-        if version not in _NPY_HEADERS:
-            raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
-        shape, _, dtype = _NPY_HEADERS[version](f)
+        shape, dtype = read_npy_header(f)
     except (ValueError, OSError, EOFError, SyntaxError, TypeError) as e:
         raise CadenceFileError(f"{path}: not a readable .npy array ({_first_line(e)})") from e
     if tuple(shape) != CADENCE_SHAPE:

@@ -25,7 +25,14 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from seti_fastai.data.cadence import _NPY_HEADERS, CADENCE_SHAPE, SPLITS, KaggleData, check_finite, load_cadence
+from seti_fastai.data.cadence import (
+    CADENCE_SHAPE,
+    SPLITS,
+    KaggleData,
+    check_finite,
+    load_cadence,
+    read_npy_header,
+)
 from seti_fastai.errors import CadenceFileError, DataLayoutError
 from seti_fastai.io import atomic_path, derived_path
 
@@ -50,13 +57,10 @@ def array_path(index: Path) -> Path:
 def _read_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version not in _NPY_HEADERS:
-                raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
-            shape, _, dtype = _NPY_HEADERS[version](f)
+            shape, dtype = read_npy_header(f)
     except (ValueError, OSError, EOFError, SyntaxError, TypeError) as e:
         raise DataLayoutError(f"{path}: not a readable packed cache ({str(e).strip().splitlines()[0]})") from e
-    return tuple(shape), dtype
+    return shape, dtype
 
 
 class PackedCache:
