@@ -213,6 +213,14 @@ def init_from(model: torch.nn.Module, cfg: TrainConfig) -> InitResult:
     return InitResult(str(weights), len(loaded), len(own))
 
 
+class CadenceLearner(Learner):
+    """fastai's Learner; `predict` also takes a `Path` (the DataBlock reads an item by its path string, and fastai
+    matches a single item to the pipeline by type, so a `Path` would otherwise be refused)."""
+
+    def predict(self, item, rm_type_tfms=None, with_input=False):
+        return super().predict(os.fspath(item) if isinstance(item, os.PathLike) else item, rm_type_tfms, with_input)
+
+
 def build_learner(cfg: TrainConfig, items: pd.DataFrame | None = None, quiet: bool = False) -> Learner:
     """The Learner of a config (its architecture already checked): DataLoaders, model, loss, ROC AUC metric, seeds,
     mixup, precision."""
@@ -224,7 +232,7 @@ def build_learner(cfg: TrainConfig, items: pd.DataFrame | None = None, quiet: bo
     run_dir = cfg.run_dir()
     if is_main():  # the only rank that writes the run directory
         run_dir.mkdir(parents=True, exist_ok=True)
-    learn = Learner(
+    learn = CadenceLearner(
         dls, model, loss_func=SetiLoss(cfg.head, cfg.pos_weight), metrics=[auc_metric()], splitter=param_groups,
         wd=cfg.wd, path=run_dir, model_dir=".",
         cbs=[EpochSeed(cfg.seed), MixUpOr(cfg.mixup_alpha, cfg.mixup_p, cfg.mixup_label)],
