@@ -126,6 +126,11 @@ class TrainConfig:
     pseudo: str | None = opt(
         None, "CSV of pseudo-labelled test cadences (id,target in [0, 1]) added to the training split of every fold"
     )
+    sample_weights: str | None = opt(
+        None,
+        "CSV of training weights (id,weight > 0; e.g. adversarial_weights.csv of `seti-fastai adversarial --weights`):"
+        " each cadence is drawn in proportion to its weight within its class; cadences not listed weigh 1",
+    )
     # pretrained weights and experiment logs
     pretrained_source: str | None = opt(
         None,

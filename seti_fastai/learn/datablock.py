@@ -14,10 +14,10 @@ from fastai.data.core import DataLoaders, TfmdDL
 from fastai.data.transforms import ColReader, ColSplitter
 
 from seti_fastai.config import TrainConfig
-from seti_fastai.data.cadence import KaggleData, image_shape
+from seti_fastai.data.cadence import KaggleData, image_shape, read_id_csv
 from seti_fastai.data.folds import check_fold, load_or_make_folds
 from seti_fastai.data.pack import PackedSources, packed_sources
-from seti_fastai.errors import DataLayoutError
+from seti_fastai.errors import DataLayoutError, LabelFileError
 from seti_fastai.io import derived_path
 from seti_fastai.learn.batch_augment import augmentations
 from seti_fastai.learn.transforms import CadenceLoader, Partners, to_float_target
@@ -62,15 +62,40 @@ def with_pseudo(cfg: TrainConfig, kaggle: KaggleData, items: pd.DataFrame) -> pd
     return pd.concat([items, _with_paths(kaggle, "test", pseudo).assign(is_valid=False)], ignore_index=True)
 
 
-def sample_weights(targets: np.ndarray, pos_share: float) -> np.ndarray:
-    """Per-item weights so that a weighted draw yields positives with probability `pos_share` (a soft target counts
-    as positive from 0.5 up)."""
+def sample_weights(targets: np.ndarray, pos_share: float | None, importance: np.ndarray | None = None) -> np.ndarray:
+    """Per-item weights of the weighted draw: within each class in proportion to `importance` (default: equal), the
+    classes scaled so that a draw is positive with probability `pos_share` (a soft target counts as positive from
+    0.5 up). `pos_share=None` leaves the classes their share of the importance."""
     positive = np.asarray(targets, dtype=float) >= 0.5
-    n_pos = int(positive.sum())
-    n_neg = len(positive) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return np.ones(len(positive))
-    return np.where(positive, pos_share / n_pos, (1 - pos_share) / n_neg)
+    weight = np.ones(len(positive)) if importance is None else np.asarray(importance, dtype=float)
+    if pos_share is None or positive.all() or not positive.any():
+        return weight / weight.sum()
+    return np.where(
+        positive, pos_share * weight / weight[positive].sum(), (1 - pos_share) * weight / weight[~positive].sum()
+    )
+
+
+def read_sample_weights(path: Path | str, ids: pd.Series) -> np.ndarray:
+    """The `weight` of each of `ids` from a CSV `id, weight` (e.g. `adversarial_weights.csv` of `seti-fastai
+    adversarial --weights`); ids the file does not list weigh 1. Errors name the file and the first bad row: a
+    weight that is not a positive number, an id that is not one of `ids`, and `read_id_csv`'s checks."""
+    path = Path(path)
+    listed = read_id_csv(path, require_target=False)["id"]  # file, columns, id format, duplicates
+    raw = pd.read_csv(path, dtype={"id": str}, encoding="utf-8-sig")
+    raw.columns = [str(c).strip() for c in raw.columns]
+    if "weight" not in raw.columns:
+        raise LabelFileError(f"{path}: missing column(s) weight; found {', '.join(map(str, raw.columns))}")
+    weight = pd.to_numeric(raw["weight"], errors="coerce").to_numpy(float)
+    bad = ~(np.isfinite(weight) & (weight > 0))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise LabelFileError(f"{path}: row {i + 2}: weight {raw['weight'].iloc[i]} is not a positive number")
+    known = set(ids)
+    for i, cadence_id in enumerate(listed):
+        if cadence_id not in known:
+            raise LabelFileError(f"{path}: row {i + 2}: id {cadence_id} is not a training cadence of this run")
+    by_id = dict(zip(listed, weight, strict=True))
+    return np.array([by_id.get(cadence_id, 1.0) for cadence_id in ids])
 
 
 def load_partners(data: Path | str, matches: Path | str | None, work_dir: Path | str, max_partners: int) -> Partners:
@@ -131,14 +156,20 @@ def data_block(cfg: TrainConfig, partners: Partners | None = None, packed: Packe
 
 def get_dls(cfg: TrainConfig, items: pd.DataFrame | None = None, bs: int | None = None, device=None) -> DataLoaders:
     """Train/valid DataLoaders. With `cfg.pos_share`, training batches are drawn with replacement so that the
-    minority class makes up about that share of each batch."""
+    minority class makes up about that share of each batch; with `cfg.sample_weights`, each cadence within its class
+    in proportion to its weight."""
     items = training_items(cfg) if items is None else items
     partners = run_partners(cfg)
     block = data_block(cfg, partners, run_packed(cfg, items["path"], partners))
     kwargs = dict(bs=bs or cfg.bs, num_workers=cfg.workers, device=device, **loader_kwargs(device))
-    if cfg.pos_share is None:
+    importance = read_sample_weights(cfg.sample_weights, items["id"]) if cfg.sample_weights else None
+    if cfg.pos_share is None and importance is None:
         return block.dataloaders(items, **kwargs)
-    weights = sample_weights(items["target"].to_numpy(), cfg.pos_share)
+    train = ~items["is_valid"].to_numpy(bool)  # fastai draws from the training split only: normalise over it
+    weights = np.zeros(len(items))
+    weights[train] = sample_weights(
+        items["target"].to_numpy()[train], cfg.pos_share, None if importance is None else importance[train]
+    )
     return block.weighted_dataloaders(items, weights, **kwargs)
 
 
