@@ -15,7 +15,8 @@ from fastai.interpret import ClassificationInterpretation, Interpretation
 
 from seti_fastai.config import build_config
 from seti_fastai.data.cadence import CADENCE_SHAPE, cadence_to_image
-from seti_fastai.learn.datablock import get_dls, test_dl
+from seti_fastai.learn.datablock import get_dls
+from seti_fastai.learn.datablock import test_dl as unlabelled_dl  # not collected as a test
 from seti_fastai.learn.show import cadence_columns, show_batch, show_cadence
 from seti_fastai.learn.train import build_learner
 from seti_fastai.learn.transforms import TensorCadence, TensorLabel
@@ -147,7 +148,7 @@ def test_dispatch_stays_ours_after_fastai_vision_all_is_imported():
 def test_predict_takes_a_path_or_a_string_and_matches_get_preds(learn, synth_data):
     path = sorted((synth_data[0] / "test").rglob("*.npy"))[0]
     label, decoded, prob = learn.predict(path)
-    expected, _ = learn.get_preds(dl=test_dl(learn.dls, [str(path)]))
+    expected, _ = learn.get_preds(dl=unlabelled_dl(learn.dls, [str(path)]))
     assert float(prob) == pytest.approx(float(expected[0]), abs=1e-6)
     assert int(label) == int(decoded) == int(float(prob) > 0.5)
     assert float(learn.predict(str(path))[2]) == pytest.approx(float(prob), abs=1e-6)
