@@ -6,7 +6,7 @@ Knows nothing about fastai or torch: everything here is numpy and pandas.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -102,6 +102,27 @@ def read_id_csv(path: Path | str, require_target: bool = True) -> pd.DataFrame:
     df["target"] = target.astype(np.int64)
     columns = ["id", "target"]
     return df[columns].reset_index(drop=True)
+
+
+def read_id_numbers(
+    path: Path | str, column: str, accept: Callable[[np.ndarray], np.ndarray], requirement: str
+) -> pd.DataFrame:
+    """`id` (checked as `read_id_csv` does) and the numeric `column` (float64) of a CSV, every value finite and
+    accepted by `accept`; otherwise one error naming the row ("row 3: weight 0.0 is not a positive number")."""
+    path = Path(path)
+    ids = read_id_csv(path, require_target=False)["id"]
+    raw = pd.read_csv(path, dtype={"id": str}, encoding="utf-8-sig")
+    raw.columns = [str(c).strip() for c in raw.columns]
+    if column not in raw.columns:
+        raise LabelFileError(f"{path}: missing column(s) {column}; found {', '.join(map(str, raw.columns))}")
+    values = pd.to_numeric(raw[column], errors="coerce").to_numpy(float)
+    finite = np.isfinite(values)
+    bad = ~finite
+    bad[finite] = ~accept(values[finite])
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise LabelFileError(f"{path}: row {i + 2}: {column} {raw[column].iloc[i]} is not {requirement}")
+    return pd.DataFrame({"id": ids, column: values})
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from seti_fastai.data.cadence import KaggleData, read_id_csv
+from seti_fastai.data.cadence import KaggleData, read_id_numbers
 from seti_fastai.errors import ConfigError, LabelFileError
 
 DEFAULT_POS, DEFAULT_NEG = 0.9, 0.1
@@ -101,16 +101,8 @@ def read_pseudo_labels(
     """A pseudo-label CSV, checked: `id, target` with unique test ids (not train ids, not in `exclude`) and
     finite targets in [0, 1] (0/1 or soft). Errors name the file and the first bad row."""
     path = Path(path)
-    ids = read_id_csv(path, require_target=False)["id"]  # file, columns, hexadecimal lower-case ids, duplicates
-    raw = pd.read_csv(path, dtype={"id": str}, encoding="utf-8-sig")
-    raw.columns = [str(c).strip() for c in raw.columns]
-    if "target" not in raw.columns:
-        raise LabelFileError(f"{path}: missing column(s) target; found {', '.join(map(str, raw.columns))}")
-    target = pd.to_numeric(raw["target"], errors="coerce").to_numpy(float)
-    bad = ~(np.isfinite(target) & (target >= 0) & (target <= 1))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise LabelFileError(f"{path}: row {i + 2}: target {raw['target'].iloc[i]} is not a number in [0, 1]")
+    labels = read_id_numbers(path, "target", lambda t: (t >= 0) & (t <= 1), "a number in [0, 1]")
+    ids, target = labels["id"], labels["target"].to_numpy()
     train_ids = set(data.read_labels("train")["id"]) if data.has_split("train") else set()
     test_ids = set(data.read_labels("test")["id"])
     excluded = set(exclude if exclude is not None else [])

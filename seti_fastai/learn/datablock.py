@@ -14,7 +14,7 @@ from fastai.data.core import DataLoaders, TfmdDL
 from fastai.data.transforms import ColReader, ColSplitter
 
 from seti_fastai.config import TrainConfig
-from seti_fastai.data.cadence import KaggleData, image_shape, read_id_csv
+from seti_fastai.data.cadence import KaggleData, image_shape, read_id_numbers
 from seti_fastai.data.folds import check_fold, load_or_make_folds
 from seti_fastai.data.pack import PackedSources, packed_sources
 from seti_fastai.errors import DataLayoutError, LabelFileError
@@ -78,23 +78,14 @@ def sample_weights(targets: np.ndarray, pos_share: float | None, importance: np.
 def read_sample_weights(path: Path | str, ids: pd.Series) -> np.ndarray:
     """The `weight` of each of `ids` from a CSV `id, weight` (e.g. `adversarial_weights.csv` of `seti-fastai
     adversarial --weights`); ids the file does not list weigh 1. Errors name the file and the first bad row: a
-    weight that is not a positive number, an id that is not one of `ids`, and `read_id_csv`'s checks."""
+    weight that is not a positive number, an id that is not one of `ids`, and `read_id_csv`'s checks of the ids."""
     path = Path(path)
-    listed = read_id_csv(path, require_target=False)["id"]  # file, columns, id format, duplicates
-    raw = pd.read_csv(path, dtype={"id": str}, encoding="utf-8-sig")
-    raw.columns = [str(c).strip() for c in raw.columns]
-    if "weight" not in raw.columns:
-        raise LabelFileError(f"{path}: missing column(s) weight; found {', '.join(map(str, raw.columns))}")
-    weight = pd.to_numeric(raw["weight"], errors="coerce").to_numpy(float)
-    bad = ~(np.isfinite(weight) & (weight > 0))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise LabelFileError(f"{path}: row {i + 2}: weight {raw['weight'].iloc[i]} is not a positive number")
+    listed = read_id_numbers(path, "weight", lambda w: w > 0, "a positive number")
     known = set(ids)
-    for i, cadence_id in enumerate(listed):
+    for i, cadence_id in enumerate(listed["id"]):
         if cadence_id not in known:
             raise LabelFileError(f"{path}: row {i + 2}: id {cadence_id} is not a training cadence of this run")
-    by_id = dict(zip(listed, weight, strict=True))
+    by_id = dict(zip(listed["id"], listed["weight"], strict=True))
     return np.array([by_id.get(cadence_id, 1.0) for cadence_id in ids])
 
 
