@@ -2,63 +2,24 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import socket
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pytest
+from network_guard import patches
 
 from seti_fastai.data.synth import SynthConfig, write_synthetic
 
 SEED = 7
 
 
-class NetworkBlockedError(ConnectionRefusedError):
-    """A test tried to reach the network (blocked for the whole session by `no_network`)."""
-
-
-def _is_loopback(host: object) -> bool:
-    if host in (None, "", "localhost", b"localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.decode() if isinstance(host, bytes) else str(host)).is_loopback
-    except ValueError:
-        return False
-
-
-def _guard(address: object) -> None:
-    """Let local sockets (AF_UNIX paths, loopback) through; refuse any other address."""
-    if isinstance(address, tuple) and not _is_loopback(address[0]):
-        raise NetworkBlockedError(f"tests must not reach the network: connect to {address}")
-
-
 @pytest.fixture(scope="session", autouse=True)
 def no_network():
     """Block every non-local connection and name lookup for the whole test session."""
-    connect, connect_ex, getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
-
-    def guarded_connect(self, address):
-        _guard(address)
-        return connect(self, address)
-
-    def guarded_connect_ex(self, address):
-        _guard(address)
-        return connect_ex(self, address)
-
-    def guarded_getaddrinfo(host, *args, **kwargs):
-        if not _is_loopback(host):
-            try:
-                ipaddress.ip_address(host.decode() if isinstance(host, bytes) else str(host))  # a literal: no lookup
-            except ValueError:
-                raise NetworkBlockedError(f"tests must not reach the network: name lookup of {host!r}") from None
-        return getaddrinfo(host, *args, **kwargs)
-
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket.socket, "connect", guarded_connect)
-        mp.setattr(socket.socket, "connect_ex", guarded_connect_ex)
-        mp.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
+        for owner, name, replacement in patches("tests"):
+            mp.setattr(owner, name, replacement)
         yield
 
 

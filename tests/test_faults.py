@@ -16,8 +16,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import NetworkBlockedError, tiny_flags, tiny_overrides
+from conftest import tiny_flags, tiny_overrides
 from fastai.callback.core import Callback
+from network_guard import NetworkBlockedError
 from typer.testing import CliRunner
 
 from seti_fastai.cli import app

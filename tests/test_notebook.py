@@ -16,30 +16,11 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb
 
 # Runs first in the kernel: refuse every connection and name lookup that is not local (the kernel is another
 # process, so conftest's guard does not reach it), and report which python runs the kernel.
-GUARD = """
-import ipaddress, socket, sys
-
-def _local(host):
-    if host in (None, "", "localhost", b"localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.decode() if isinstance(host, bytes) else str(host)).is_loopback
-    except ValueError:
-        return False
-
-_connect, _getaddrinfo = socket.socket.connect, socket.getaddrinfo
-
-def _guarded_connect(self, address):
-    if isinstance(address, tuple) and not _local(address[0]):
-        raise ConnectionRefusedError(f"the notebook must not reach the network: connect to {address}")
-    return _connect(self, address)
-
-def _guarded_getaddrinfo(host, *args, **kwargs):
-    if not _local(host):
-        raise ConnectionRefusedError(f"the notebook must not reach the network: name lookup of {host!r}")
-    return _getaddrinfo(host, *args, **kwargs)
-
-socket.socket.connect, socket.getaddrinfo = _guarded_connect, _guarded_getaddrinfo
+GUARD = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+import network_guard
+network_guard.install("the notebook")
 print("KERNEL_PREFIX", sys.prefix)
 """
 
