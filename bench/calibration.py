@@ -24,8 +24,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import numpy as np
 import pandas as pd
 
-from seti_fastai.evaluate.calibration import calibrate, resolve_calibration, scores
-from seti_fastai.evaluate.infer import calibrate_runs, predict
+from seti_fastai.evaluate.calibrate import calibrate_runs
+from seti_fastai.evaluate.calibration import calibrate, resolve_calibration
+from seti_fastai.evaluate.metrics import scores
+from seti_fastai.evaluate.predict import predict
 from seti_fastai.model.heads import logit_np
 
 

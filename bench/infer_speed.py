@@ -26,7 +26,7 @@ import numpy as np
 from seti_fastai.config import build_config, save_config
 from seti_fastai.data.pack import pack_split
 from seti_fastai.data.synth import SynthConfig, write_synthetic
-from seti_fastai.evaluate.infer import predict
+from seti_fastai.evaluate.predict import predict
 from seti_fastai.model.models import build_model
 
 

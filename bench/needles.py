@@ -28,7 +28,8 @@ from seti_fastai.config import build_config
 from seti_fastai.data.cadence import KaggleData
 from seti_fastai.evaluate.blend import blend, tune_weight
 from seti_fastai.evaluate.dedoppler import DedopplerConfig, score_files
-from seti_fastai.evaluate.infer import evaluate, predict, write_submission
+from seti_fastai.evaluate.metrics import evaluate
+from seti_fastai.evaluate.predict import predict, write_submission
 from seti_fastai.io import atomic_write_csv, atomic_write_json, atomic_write_text
 from seti_fastai.learn.train import train_fold
 

@@ -244,7 +244,7 @@ def train_cmd(overrides: dict[str, Any], config: Path | None, all_folds: bool, q
     from seti_fastai.config import build_config
     from seti_fastai.learn.distributed import is_main
     from seti_fastai.learn.train import resolve_pretrained, run_state, train_fold
-    from seti_fastai.model.models import describe_pretrained
+    from seti_fastai.model.pretrained import describe_pretrained
 
     cfg = build_config(config, overrides)
     echo = typer.echo if is_main() else lambda *_, **__: None  # under accelerate launch / torchrun: rank 0 prints
@@ -278,8 +278,9 @@ def train_cmd(overrides: dict[str, Any], config: Path | None, all_folds: bool, q
 def lr_find_cmd(overrides: dict[str, Any], config: Path | None, quiet: bool) -> None:
     """Run fastai's lr_find on a run's data and model; save lr_find.png and lr_find.json in its run directory."""
     from seti_fastai.config import build_config
-    from seti_fastai.learn.train import resolve_pretrained, run_lr_find
-    from seti_fastai.model.models import describe_pretrained
+    from seti_fastai.learn.lr_find import run_lr_find
+    from seti_fastai.learn.train import resolve_pretrained
+    from seti_fastai.model.pretrained import describe_pretrained
 
     cfg = resolve_pretrained(build_config(config, overrides))
     if line := describe_pretrained(cfg):
@@ -324,7 +325,7 @@ def predict_cmd(
     from tqdm import tqdm
 
     from seti_fastai.evaluate.calibration import resolve_calibration
-    from seti_fastai.evaluate.infer import check_inputs, predict, write_submission
+    from seti_fastai.evaluate.predict import check_inputs, predict, write_submission
 
     n = len(check_inputs(run_dirs, data, split, ids, tta, combine, 1.0)[1])
     resolved = resolve_calibration(run_dirs, "none" if no_calibration else calibration, tta, combine)
@@ -372,7 +373,7 @@ def calibrate_cmd(
         fail("--out applies to --pooled; per-run calibration is written to calibration.json in each run directory")
     from tqdm import tqdm
 
-    from seti_fastai.evaluate.infer import calibrate_runs
+    from seti_fastai.evaluate.calibrate import calibrate_runs
 
     with tqdm(unit="cadence", desc="calibrate", file=sys.stderr) as bar:
         r = calibrate_runs(run_dirs, tta, combine, data, bs, workers, device, progress=bar.update)
@@ -401,7 +402,7 @@ def evaluate_cmd(
     """ROC AUC with a 95 % bootstrap confidence interval (and log-loss, ECE for probabilities)."""
     from seti_fastai.data.cadence import read_id_csv
     from seti_fastai.evaluate.dedoppler import reference_auc
-    from seti_fastai.evaluate.infer import evaluate
+    from seti_fastai.evaluate.metrics import evaluate
 
     r = evaluate(predictions, labels, n_boot)
     line = f"AUC {r['auc']:.4f} (95% CI {r['ci_low']:.4f}-{r['ci_high']:.4f}) on {r['n']} cadences"
@@ -637,7 +638,7 @@ def pseudo_label_cmd(
 
     from seti_fastai.data.cadence import KaggleData
     from seti_fastai.evaluate.calibration import resolve_calibration
-    from seti_fastai.evaluate.infer import check_inputs
+    from seti_fastai.evaluate.predict import check_inputs
     from seti_fastai.evaluate.pseudo import Selection, pseudo_label
     from seti_fastai.io import atomic_write_csv
 

@@ -27,3 +27,9 @@ class ConfigError(SetiError):
 
 class RunDirError(SetiError):
     """A run directory is missing files or cannot be used as asked."""
+
+
+def first_sentence(error: BaseException) -> str:
+    """The first sentence of an error's message (at most 120 characters), for one-line reports."""
+    text = str(error).strip().split(". ")[0].splitlines()
+    return text[0][:120] if text and text[0] else type(error).__name__

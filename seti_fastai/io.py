@@ -90,3 +90,13 @@ def derived_path(data_root: Path | str, name: str, work_dir: Path | str = "runs"
         if path.is_file():
             return path
     return beside if os.access(data_root, os.W_OK) else work
+
+
+def save_figure(fig, path: Path | str, dpi: int = 110) -> Path:
+    """Save a matplotlib figure atomically as PNG and close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)

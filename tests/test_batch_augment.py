@@ -159,7 +159,7 @@ def test_gpu_path_moves_augmentations_to_batches_and_spares_validation(synth_dat
 
 
 def test_batch_augment_keeps_the_cadence_type_for_show_batch():
-    from seti_fastai.learn.transforms import TensorCadence
+    from seti_fastai.learn.show import TensorCadence
 
     x = TensorCadence(torch.randn(4, 1, 64, 32), cadence_panels="on", cadence_layout="diff")
     augment = BatchAugment(freq_flip_p=1.0, affine_p=0, motion_blur_p=0, spec_augment_p=0)

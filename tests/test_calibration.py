@@ -12,18 +12,18 @@ from sklearn.metrics import roc_auc_score
 
 from seti_fastai.data.cadence import KaggleData, cadence_to_image, load_cadence
 from seti_fastai.errors import ConfigError, RunDirError
+from seti_fastai.evaluate.calibrate import calibrate_runs
 from seti_fastai.evaluate.calibration import (
     RunCalibration,
     combine,
-    expected_calibration_error,
     fit_run,
     fit_temperature,
     fit_temperature_bias,
-    log_loss,
     read_run_calibration,
     resolve_calibration,
 )
-from seti_fastai.evaluate.infer import calibrate_runs, load_run, predict
+from seti_fastai.evaluate.metrics import expected_calibration_error, log_loss
+from seti_fastai.evaluate.predict import load_run, predict
 from seti_fastai.model.heads import log_odds, sigmoid_np
 
 

@@ -134,7 +134,8 @@ def test_ddp_run_writes_once_from_rank_zero(ddp_run):
 def test_ddp_oof_covers_the_fold_once_and_matches_one_process(ddp_run):
     from seti_fastai.config import load_run_config
     from seti_fastai.learn.datablock import training_items
-    from seti_fastai.learn.train import build_learner, load_weights
+    from seti_fastai.learn.train import build_learner
+    from seti_fastai.model.checkpoint import load_weights
     from seti_fastai.model.heads import log_odds, roc_auc
 
     run_dir = ddp_run[0]

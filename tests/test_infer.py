@@ -9,9 +9,10 @@ import torch
 
 from seti_fastai.data.cadence import KaggleData, cadence_to_image, load_cadence
 from seti_fastai.errors import ConfigError, LabelFileError, RunDirError
-from seti_fastai.evaluate.calibration import calibrate, expected_calibration_error, fit_temperature, log_loss
-from seti_fastai.evaluate.infer import bootstrap_auc, evaluate, load_run, predict, write_submission
-from seti_fastai.learn.train import load_weights
+from seti_fastai.evaluate.calibration import calibrate, fit_temperature
+from seti_fastai.evaluate.metrics import bootstrap_auc, evaluate, expected_calibration_error, log_loss
+from seti_fastai.evaluate.predict import load_run, predict, write_submission
+from seti_fastai.model.checkpoint import load_weights
 from seti_fastai.model.heads import log_odds, sigmoid_np
 
 

@@ -11,6 +11,7 @@ import pytest
 from conftest import tiny_flags, tiny_overrides
 from typer.testing import CliRunner
 
+import seti_fastai.learn.logs as logs
 import seti_fastai.learn.train as train
 from seti_fastai.cli import app
 from seti_fastai.config import build_config
@@ -54,7 +55,7 @@ def test_only_rank_0_logs(synth_data, tmp_path, monkeypatch):
     cfg = build_config(overrides=tiny_overrides(synth_data[0], tmp_path, log="csv,tensorboard"))
     with train.experiment_logs(cfg, tmp_path) as cbs:
         assert [type(cb).__name__ for cb in cbs] == ["CSVLogger", "TensorBoardCallback"]
-    monkeypatch.setattr(train, "rank_distrib", lambda: 1)
+    monkeypatch.setattr(logs, "rank_distrib", lambda: 1)
     with train.experiment_logs(cfg, tmp_path) as cbs:
         assert cbs == []
 
@@ -62,7 +63,7 @@ def test_only_rank_0_logs(synth_data, tmp_path, monkeypatch):
 def test_bad_or_missing_log_is_one_line(synth_data, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="log must be a comma list of csv, tensorboard, wandb; got 'csv,mlflow'"):
         build_config(overrides={"log": "csv,mlflow"})
-    monkeypatch.setattr(train.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(logs.importlib.util, "find_spec", lambda name: None)
     cfg = build_config(overrides=tiny_overrides(synth_data[0], tmp_path, log="wandb"))
     with pytest.raises(ConfigError, match="--log wandb needs the wandb package: pip install wandb"):
         train.train_fold(cfg, quiet=True)

@@ -8,15 +8,9 @@ import torch
 from seti_fastai.config import build_config
 from seti_fastai.errors import ConfigError
 from seti_fastai.model.heads import SetiLoss, log_odds, roc_auc
-from seti_fastai.model.models import (
-    RESIZE_MODES,
-    LearnedResizer,
-    build_model,
-    check_arch,
-    create_backbone,
-    param_groups,
-    resize_image,
-)
+from seti_fastai.model.models import build_model, create_backbone, param_groups
+from seti_fastai.model.pretrained import check_arch
+from seti_fastai.model.resize import RESIZE_MODES, LearnedResizer, resize_image
 
 OFFLINE = {"pretrained": False}  # random weights: no test reaches the network
 

@@ -19,7 +19,7 @@ from seti_fastai.config import build_config
 from seti_fastai.data.cadence import CADENCE_SHAPE, ON_PANELS, KaggleData, load_cadence, used_panels
 from seti_fastai.data.pack import array_path, open_packed, pack_split, packed_sources
 from seti_fastai.errors import CadenceFileError, ConfigError, DataLayoutError
-from seti_fastai.evaluate.infer import predict
+from seti_fastai.evaluate.predict import predict
 from seti_fastai.learn.transforms import CadenceLoader
 
 

@@ -16,15 +16,8 @@ from fastai.callback.fp16 import AMPMode, MixedPrecision
 import seti_fastai.learn.train as train_mod
 from seti_fastai.config import build_config
 from seti_fastai.errors import ConfigError
-from seti_fastai.learn.train import (
-    build_learner,
-    device_precision,
-    load_checkpoint,
-    load_weights,
-    run_state,
-    train_fold,
-    uses_channels_last,
-)
+from seti_fastai.learn.train import build_learner, device_precision, run_state, train_fold, uses_channels_last
+from seti_fastai.model.checkpoint import load_checkpoint, load_weights
 from seti_fastai.model.models import build_model
 
 

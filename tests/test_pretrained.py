@@ -17,9 +17,10 @@ from typer.testing import CliRunner
 from seti_fastai.cli import app
 from seti_fastai.config import TrainConfig, build_config, load_run_config, save_config
 from seti_fastai.errors import ConfigError
-from seti_fastai.evaluate.infer import load_run
+from seti_fastai.evaluate.predict import load_run
 from seti_fastai.learn.train import resolve_pretrained
-from seti_fastai.model.models import build_model, create_backbone, pretrained_name, weights_file
+from seti_fastai.model.models import build_model, create_backbone
+from seti_fastai.model.pretrained import pretrained_name, weights_file
 
 NAME = "test_efficientnet.r160_in1k"  # what a pretrained test_efficientnet resolves to
 

@@ -17,9 +17,8 @@ from seti_fastai.config import build_config
 from seti_fastai.data.cadence import CADENCE_SHAPE, cadence_to_image
 from seti_fastai.learn.datablock import get_dls
 from seti_fastai.learn.datablock import test_dl as unlabelled_dl  # not collected as a test
-from seti_fastai.learn.show import cadence_columns, show_batch, show_cadence
+from seti_fastai.learn.show import TensorCadence, TensorLabel, cadence_columns, show_batch, show_cadence
 from seti_fastai.learn.train import build_learner
-from seti_fastai.learn.transforms import TensorCadence, TensorLabel
 from seti_fastai.model.heads import SetiLoss
 
 

@@ -18,7 +18,9 @@ from seti_fastai.data.cadence import cadence_to_image, load_cadence
 from seti_fastai.errors import ConfigError, FoldError, RunDirError
 from seti_fastai.learn.callbacks import MixUpOr
 from seti_fastai.learn.datablock import get_dls, training_items
-from seti_fastai.learn.train import init_from, load_checkpoint, load_weights, run_lr_find, train_fold
+from seti_fastai.learn.lr_find import run_lr_find
+from seti_fastai.learn.train import init_from, train_fold
+from seti_fastai.model.checkpoint import load_checkpoint, load_weights
 from seti_fastai.model.heads import log_odds
 from seti_fastai.model.models import build_model
 
@@ -314,7 +316,7 @@ def test_needle_inputs_train_and_predict(synth_data, tmp_path):
     """Background subtraction, the ON-minus-OFF layout, injection and area resizing together, train to predict."""
     from seti_fastai.data.background import match_cadences
     from seti_fastai.data.cadence import KaggleData
-    from seti_fastai.evaluate.infer import predict
+    from seti_fastai.evaluate.predict import predict
 
     matches = tmp_path / "matches.csv"
     match_cadences(KaggleData(synth_data[0]), ["train", "test"]).to_csv(matches, index=False)

@@ -201,7 +201,7 @@ def test_time_locked_motion_blur_stays_within_its_row():
 def test_flip_tta_uses_only_the_flips_training_used(panels, layout):
     """Training flips frequency (`A.HorizontalFlip`, width) and never time, so TTA flips width only."""
     from seti_fastai.config import build_config
-    from seti_fastai.evaluate.infer import flip_views
+    from seti_fastai.evaluate.predict import flip_views
 
     cfg = build_config(overrides=dict(panels=panels, layout=layout))
     flips = [type(t).__name__ for t in recipe_pipeline().transforms if "Flip" in type(t).__name__]

@@ -157,7 +157,7 @@ def adversarial_validation(
 ) -> dict[str, Any]:
     """Train-vs-test classification of `data`; writes the files listed in the module docstring to `out` and returns
     the summary (also `adversarial.json`) with `most_test_like`, the train rows sorted by P(test)."""
-    from seti_fastai.evaluate.infer import bootstrap_auc
+    from seti_fastai.evaluate.metrics import bootstrap_auc
 
     check_options(n_splits, valid_share)
     kaggle = KaggleData(data)

@@ -9,7 +9,7 @@ Runs calibrated separately are put on one scale, so averaging them can change th
 Pooled (the former mode): one temperature fitted on the pooled `oof.csv` logits divides the ensemble's final
 log-odds; it never changes a ranking. Saved as `calibration.json` beside the runs.
 
-This module is arithmetic and files only; re-predicting the out-of-fold cadences lives in `infer.py`.
+This module is arithmetic and files only; re-predicting the out-of-fold cadences lives in `calibrate.py`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from scipy.optimize import minimize, minimize_scalar
 from scipy.special import expit, log_expit, logsumexp
 
 from seti_fastai.errors import ConfigError, RunDirError
+from seti_fastai.evaluate.metrics import expected_calibration_error, log_loss, scores
 from seti_fastai.io import atomic_write_json
 from seti_fastai.model.heads import logit_np, sigmoid_np
 
@@ -41,35 +42,6 @@ def combine(z: np.ndarray, rule: str, axis: int = 0) -> np.ndarray:
     if rule == "logit":
         return z.mean(axis=axis)
     return logit_np(sigmoid_np(z).mean(axis=axis))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# metrics
-
-
-def log_loss(z: np.ndarray, y: np.ndarray) -> float:
-    """Mean binary cross-entropy of log-odds `z` against 0/1 labels `y` (numerically stable)."""
-    return float(np.mean(np.logaddexp(0.0, z) - y * z))
-
-
-def expected_calibration_error(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
-    """Mean |accuracy - confidence| over equal-width probability bins, weighted by bin size."""
-    edges = np.linspace(0, 1, bins + 1)
-    index = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        mask = index == b
-        if mask.any():
-            ece += mask.mean() * abs(y[mask].mean() - p[mask].mean())
-    return float(ece)
-
-
-def scores(z: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """ROC AUC, log-loss and ECE of log-odds `z`."""
-    from sklearn.metrics import roc_auc_score
-
-    auc = float(roc_auc_score(y, z)) if y.min() != y.max() else float("nan")
-    return dict(auc=auc, logloss=log_loss(z, y), ece=expected_calibration_error(sigmoid_np(z), y))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -241,7 +241,7 @@ def auc_by_fold(path: Path | str, data: Path | str, split: str = "train", work_d
 
 def reference_auc(path: Path | str, labels: pd.DataFrame, n_boot: int = 1000) -> dict:
     """AUC and bootstrap CI of a reference score file on the ids (and targets) of `labels`."""
-    from seti_fastai.evaluate.infer import bootstrap_auc
+    from seti_fastai.evaluate.metrics import bootstrap_auc
 
     joined = scores_on(path, labels[["id", "target"]])
     auc, lo, hi = bootstrap_auc(joined["target"].to_numpy(), joined["score"].to_numpy(), n_boot)

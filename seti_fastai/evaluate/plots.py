@@ -12,15 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from seti_fastai.data.cadence import OFF_PANELS, ON_PANELS
-from seti_fastai.io import atomic_path
-
-
-def save_figure(fig: plt.Figure, path: Path | str, dpi: int = 110) -> Path:
-    """Save `fig` atomically as PNG and close it."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return Path(path)
+from seti_fastai.io import save_figure
 
 
 def plot_cadences(cadences: Sequence[np.ndarray], titles: Sequence[str], path: Path | str) -> Path:
@@ -57,23 +49,6 @@ def preview_synthetic(data: Path | str, hidden: Path | str, path: Path | str, n:
         f"{r.kind} {r.shape}\nb={r.brightness:.2f}" if r.kind != "none" else "plain negative" for r in rows.itertuples()
     ]
     return plot_cadences(cadences, titles, path)
-
-
-def plot_lr_find(lrs: np.ndarray, losses: np.ndarray, suggestions: dict, path: Path | str) -> Path:
-    """Loss against learning rate (log scale) with fastai's suggestions marked."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(lrs, losses, color="tab:blue")
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("training loss")
-    for (name, lr), color in zip(
-        suggestions.items(), ("tab:red", "tab:green", "tab:orange", "tab:purple"), strict=False
-    ):
-        if lr:
-            ax.axvline(lr, color=color, ls="--", lw=1, label=f"{name}: {lr:.2e}")
-    ax.legend(fontsize=8)
-    ax.set_title("lr_find")
-    return save_figure(fig, path)
 
 
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path | str) -> Path:

@@ -4,8 +4,7 @@
 with `--pseudo FILE` adds those test cadences to the training split of every fold, never to its validation.
 Rounds repeat: runs trained with `--pseudo` can label the test split again (`round` goes up by one).
 
-The reader `read_pseudo_labels` needs numpy and pandas only (the DataBlock imports it); prediction is imported
-where it is used.
+The reader of the pseudo-label file, `read_pseudo_labels`, is in `seti_fastai.data.tables` (the DataBlock reads it).
 """
 
 from __future__ import annotations
@@ -17,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from seti_fastai.data.cadence import KaggleData, read_id_numbers
-from seti_fastai.errors import ConfigError, LabelFileError
+from seti_fastai.errors import ConfigError
 
 DEFAULT_POS, DEFAULT_NEG = 0.9, 0.1
 
@@ -95,27 +93,6 @@ class Selection:
         )
 
 
-def read_pseudo_labels(
-    path: Path | str, data: KaggleData, exclude: pd.Series | list[str] | None = None
-) -> pd.DataFrame:
-    """A pseudo-label CSV, checked: `id, target` with unique test ids (not train ids, not in `exclude`) and
-    finite targets in [0, 1] (0/1 or soft). Errors name the file and the first bad row."""
-    path = Path(path)
-    labels = read_id_numbers(path, "target", lambda t: (t >= 0) & (t <= 1), "a number in [0, 1]")
-    ids, target = labels["id"], labels["target"].to_numpy()
-    train_ids = set(data.read_labels("train")["id"]) if data.has_split("train") else set()
-    test_ids = set(data.read_labels("test")["id"])
-    excluded = set(exclude if exclude is not None else [])
-    for i, cadence_id in enumerate(ids):
-        if cadence_id in train_ids or cadence_id in excluded:
-            raise LabelFileError(
-                f"{path}: row {i + 2}: id {cadence_id} is a labelled training cadence; pseudo-labels are test cadences"
-            )
-        if cadence_id not in test_ids:
-            raise LabelFileError(f"{path}: row {i + 2}: id {cadence_id} is not in {data.labels_path('test')}")
-    return pd.DataFrame({"id": ids, "target": target if (target % 1).any() else target.astype(np.int64)})
-
-
 def next_round(run_dirs: list[Path | str]) -> int:
     """1 + the highest `round` of the pseudo-label files the runs trained with (1 for runs trained without)."""
     from seti_fastai.config import load_run_config
@@ -143,7 +120,7 @@ def pseudo_label(
 ) -> pd.DataFrame:
     """Predict the test split with the runs (fold mean; each run calibrated first with `run_calibrations`, see
     `calibration.resolve_calibration`) and keep the confident cadences: `id, target, prob, round`."""
-    from seti_fastai.evaluate.infer import check_inputs, predict
+    from seti_fastai.evaluate.predict import check_inputs, predict
 
     selection.validate()
     check_inputs(run_dirs, data, "test", None, tta, "prob", temperature)  # before any model is loaded

@@ -10,8 +10,9 @@ from sklearn.metrics import roc_auc_score
 
 from seti_fastai.config import load_run_config
 from seti_fastai.errors import LabelFileError, RunDirError
-from seti_fastai.evaluate.calibration import expected_calibration_error, read_oof, read_temperature
+from seti_fastai.evaluate.calibration import read_oof, read_temperature
 from seti_fastai.evaluate.dedoppler import scores_on
+from seti_fastai.evaluate.metrics import expected_calibration_error
 from seti_fastai.evaluate.plots import plot_histories, plot_reliability, plot_roc
 from seti_fastai.io import atomic_write_text, derived_path
 from seti_fastai.model.heads import sigmoid_np

@@ -15,7 +15,6 @@ import random
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from fastai.callback.core import Callback
@@ -25,27 +24,7 @@ from seti_fastai.io import atomic_path, atomic_write_csv
 from seti_fastai.learn.batch_augment import BatchAugment
 from seti_fastai.learn.distributed import all_reduce_sum, is_main, rank, unwrap_dl, unwrap_model
 from seti_fastai.learn.transforms import AlbumentationsTransform
-
-
-def _plain(value):
-    if isinstance(value, np.generic):  # before float: np.float64 is a float subclass torch will not unpickle
-        return value.item()
-    if isinstance(value, torch.Tensor | bool | int | float | str | None):
-        return value
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return [_plain(v) for v in value]  # lists, tuples, fastcore's L
-
-
-def plain_opt_state(opt) -> dict:
-    """A fastai optimizer's state as plain lists, dicts and tensors, loadable with `weights_only=True`."""
-    return _plain(dict(opt.state_dict()))
-
-
-def load_opt_state(opt, state: dict) -> None:
-    from fastcore.foundation import L
-
-    opt.load_state_dict({"state": state["state"], "hypers": L(state["hypers"])})
+from seti_fastai.model.checkpoint import _plain, plain_opt_state
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -56,7 +56,7 @@ def with_pseudo(cfg: TrainConfig, kaggle: KaggleData, items: pd.DataFrame) -> pd
     their targets 0/1 or soft. A pseudo id that is a train id, or already among `items`, is an error."""
     if not cfg.pseudo:
         return items
-    from seti_fastai.evaluate.pseudo import read_pseudo_labels
+    from seti_fastai.data.tables import read_pseudo_labels
 
     pseudo = read_pseudo_labels(cfg.pseudo, kaggle, exclude=items["id"])
     return pd.concat([items, _with_paths(kaggle, "test", pseudo).assign(is_valid=False)], ignore_index=True)

@@ -22,16 +22,33 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from fastai.torch_core import TensorBase, TensorImage, show_title
 from fastai.vision.data import get_grid
 from plum import dispatch  # fastai's dispatcher (fastai.imports)
 
 from seti_fastai.data.cadence import N_TIMES, OFF_PANELS, ON_PANELS
-from seti_fastai.learn.transforms import TensorCadence, TensorLabel
 
 CMAP, VMIN, VMAX = "viridis", -2.5, 4.0  # evaluate/plots.plot_cadences: standardised panels
 DIFF_CMAP, DIFF_LIM = "RdBu_r", 4.0  # ON - OFF: a needle red, an OFF-only signal blue
 GAP = 24  # pixels between two columns
 CELL_HEIGHT = 4.6  # inches per cadence in a grid
+
+
+class TensorCadence(TensorImage):
+    """A cadence image (C, H, W) that shows itself as the preview does: the ON panels stacked in time beside the OFF
+    panels (`show_cadence`). `cadence_panels` and `cadence_layout` ride along as fastai
+    metadata (set by `CadenceLoader`); without them the layout is read from the shape. Otherwise a `TensorImage`."""
+
+    def show(self, ctx=None, **kwargs):
+        panels, layout = getattr(self, "cadence_panels", None), getattr(self, "cadence_layout", None)
+        return show_cadence(self, ctx=ctx, panels=panels, layout=layout, **kwargs)
+
+
+class TensorLabel(TensorBase):
+    """A float label in [0, 1] (mixup blends it, BCE takes it) that shows itself as a title: `label 1`."""
+
+    def show(self, ctx=None, prefix: str = "label", **kwargs):
+        return show_title(f"{prefix} {float(self):g}", ctx=ctx, **kwargs)
 
 
 def cadence_columns(image: np.ndarray, panels: str | None = None, layout: str | None = None) -> list[tuple[str, list]]:

@@ -5,32 +5,24 @@ runs/<name>/fold<k>/   config.yaml  model.pth  history.csv  oof.csv  metrics.jso
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
-import importlib.util
-import math
 import os
-import pickle
 import platform
-import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-import numpy as np
+import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle)
 import pandas as pd
 import torch
-from fastai.callback.core import Callback
 from fastai.callback.progress import ProgressCallback
-from fastai.callback.schedule import minimum, slide, steep, valley
 from fastai.learner import Learner
-from fastai.torch_core import rank_distrib, set_seed
+from fastai.torch_core import set_seed
 
 from seti_fastai.config import TrainConfig, load_run_config, save_config
 from seti_fastai.data.cadence import image_shape
-from seti_fastai.errors import ConfigError, RunDirError
+from seti_fastai.errors import ConfigError, RunDirError, first_sentence
 from seti_fastai.io import atomic_write_csv, atomic_write_json
 from seti_fastai.learn.callbacks import (
     AugmentationOff,
@@ -39,7 +31,6 @@ from seti_fastai.learn.callbacks import (
     ProgressiveResize,
     RestoreScaler,
     RunRecorder,
-    load_opt_state,
 )
 from seti_fastai.learn.datablock import get_dls, training_items
 from seti_fastai.learn.distributed import (
@@ -51,8 +42,11 @@ from seti_fastai.learn.distributed import (
     rank0_first,
     world_size,
 )
+from seti_fastai.learn.logs import check_logs, experiment_logs
+from seti_fastai.model.checkpoint import load_checkpoint, load_opt_state, load_weights
 from seti_fastai.model.heads import SetiLoss, auc_metric, log_odds, roc_auc
-from seti_fastai.model.models import build_model, check_arch, param_groups, pretrained_name
+from seti_fastai.model.models import build_model, param_groups
+from seti_fastai.model.pretrained import check_arch, pretrained_name
 
 
 def device_precision(cfg: TrainConfig) -> str:
@@ -84,66 +78,6 @@ def is_compile_error(error: BaseException) -> bool:
             return True
         error = error.__cause__ or error.__context__
     return False
-
-
-def _first_sentence(error: BaseException) -> str:
-    text = str(error).strip().split(". ")[0].splitlines()
-    return text[0][:120] if text and text[0] else type(error).__name__
-
-
-def _torch_load(path: Path) -> Any:
-    """`torch.load(weights_only=True)` with one clear error per way a file can be bad."""
-    if not path.is_file():
-        raise RunDirError(f"{path}: file not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only load failed" in str(e).lower():  # the safe loader stopped: never unpickle it
-            called = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-            if called:
-                raise RunDirError(f"{path}: refused: it would run code (it calls {called.group(1)})") from e
-            detail = re.search(r"WeightsUnpickler error: \s*(.+)", str(e))
-            why = detail.group(1).strip()[:80] if detail else "not plain tensors"
-            raise RunDirError(f"{path}: refused: the safe loader cannot read it ({why}); it may run code") from e
-        raise RunDirError(f"{path}: truncated or corrupt ({_first_sentence(e)})") from e
-    except (PermissionError, IsADirectoryError) as e:
-        raise RunDirError(f"{path}: cannot read ({e.strerror})") from e
-    except Exception as e:  # zip errors (RuntimeError), EOFError, KeyError of a garbled legacy pickle, ...
-        raise RunDirError(f"{path}: truncated or corrupt ({_first_sentence(e)})") from e
-
-
-def _is_state_dict(obj: Any) -> bool:
-    return (
-        isinstance(obj, dict)
-        and any(isinstance(v, torch.Tensor) for v in obj.values())
-        and all(
-            isinstance(k, str) and (isinstance(v, torch.Tensor) or k.endswith("_extra_state")) for k, v in obj.items()
-        )
-    )
-
-
-def load_weights(path: Path | str) -> dict[str, torch.Tensor]:
-    """A plain state dict (names to tensors), loaded with `weights_only=True`: a file that would run code is refused.
-
-    Errors name the file and say which case it is: not found, truncated or corrupt, refused (it would run code),
-    or not a state dict.
-    """
-    path = Path(path)
-    obj = _torch_load(path)
-    if not _is_state_dict(obj):
-        what = "a resume checkpoint (use model.pth)" if isinstance(obj, dict) and "opt" in obj else type(obj).__name__
-        raise RunDirError(f"{path}: not a state dict of tensors; it holds {what}")
-    return obj
-
-
-def load_checkpoint(path: Path | str) -> dict[str, Any]:
-    """The resume checkpoint `last.pth`: model state dict, optimizer state, epoch, best AUC and its epoch."""
-    path = Path(path)
-    obj = _torch_load(path)
-    keys = {"model", "opt", "epoch", "best", "best_epoch"}
-    if not (isinstance(obj, dict) and keys <= set(obj) and _is_state_dict(obj["model"])):
-        raise RunDirError(f"{path}: not a resume checkpoint (needs {', '.join(sorted(keys))})")
-    return obj
 
 
 class InitResult(NamedTuple):
@@ -274,58 +208,6 @@ def resolve_pretrained(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-def check_logs(cfg: TrainConfig) -> None:
-    """Raise one line when a `--log` needs a package that is not installed."""
-    for name in cfg.log:
-        if name in ("tensorboard", "wandb") and importlib.util.find_spec(name) is None:
-            raise ConfigError(f"--log {name} needs the {name} package: pip install {name}")
-
-
-@contextlib.contextmanager
-def experiment_logs(cfg: TrainConfig, run_dir: Path) -> Iterator[list[Callback]]:
-    """fastai's logging callbacks for `cfg.log`, writing inside `run_dir` on rank 0 only: `log.csv` (`CSVLogger`),
-    `tensorboard/` (`TensorBoardCallback`), `wandb/` (`WandbCallback`, offline: nothing leaves the machine)."""
-    cbs: list[Callback] = []
-    if rank_distrib() != 0 or not cfg.log:
-        yield cbs
-        return
-    check_logs(cfg)
-    wandb_run = None
-    if "csv" in cfg.log:
-        from fastai.callback.progress import CSVLogger
-
-        cbs.append(CSVLogger(fname="log.csv", append=cfg.resume))
-    if "tensorboard" in cfg.log:
-        from fastai.callback.tensorboard import TensorBoardCallback
-
-        cbs.append(TensorBoardCallback(log_dir=run_dir / "tensorboard", trace_model=False, log_preds=False))
-    mode = os.environ.get("WANDB_MODE")
-    try:
-        if "wandb" in cfg.log:
-            # the environment variable, not only init's mode: wandb 0.31 probes its server for telemetry otherwise
-            os.environ["WANDB_MODE"] = "offline"
-            import wandb
-            from fastai.callback.wandb import WandbCallback
-
-            wandb_run = wandb.init(
-                dir=str(run_dir), mode="offline", project=cfg.name, name=run_dir.name, config=cfg.to_dict(),
-                settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, disable_git=True),
-            )  # fmt: skip
-
-            class _Wandb(WandbCallback):  # fastai's gather_args fails on this Learner; the config went to init
-                def before_fit(self) -> None:
-                    self.learn.gather_args = dict
-                    super().before_fit()
-
-            cbs.append(_Wandb(log_preds=False, log_model=False))
-        yield cbs
-    finally:
-        if wandb_run is not None:
-            wandb_run.finish()
-        if "wandb" in cfg.log:
-            os.environ.pop("WANDB_MODE", None) if mode is None else os.environ.update(WANDB_MODE=mode)
-
-
 def run_state(run_dir: Path | str) -> Literal["finished", "interrupted", "new"]:
     """finished: metrics.json is there; interrupted: last.pth without metrics.json; new: neither."""
     run_dir = Path(run_dir)
@@ -441,7 +323,7 @@ def train_fold(cfg: TrainConfig, quiet: bool = False, cbs: list | None = None) -
         if cfg.compile and is_compile_error(e):
             cause = getattr(e, "inner_exception", None) or e  # a backend's own error, inside dynamo's wrapper
             raise ConfigError(
-                f"--compile failed ({type(cause).__name__}: {_first_sentence(cause)}); train without --compile"
+                f"--compile failed ({type(cause).__name__}: {first_sentence(cause)}); train without --compile"
             ) from e
         raise
     return metrics
@@ -483,38 +365,3 @@ def _finish_run(
 
 # ----------------------------------------------------------------------------------------------------------------
 # lr_find
-
-
-def _suggestions(lrs: np.ndarray, losses: np.ndarray) -> dict[str, float | None]:
-    """fastai's four suggestions, each computed on its own so a short curve loses only those that need more points."""
-    out: dict[str, float | None] = {}
-    for name, func in (("valley", valley), ("slide", slide), ("minimum", minimum), ("steep", steep)):
-        try:
-            value, _ = func(torch.tensor(lrs), torch.tensor(losses), num_it=len(lrs))
-            out[name] = float(value) if value is not None and math.isfinite(float(value)) else None
-        except (IndexError, ValueError, RuntimeError):
-            out[name] = None
-    return out
-
-
-def run_lr_find(cfg: TrainConfig, quiet: bool = False) -> dict[str, Any]:
-    """Run fastai's lr_find on the run's data and model; write lr_find.png/json in the run directory."""
-    from seti_fastai.evaluate.plots import plot_lr_find
-
-    cfg.validate()
-    if world_size() > 1:
-        raise ConfigError("lr-find runs in one process: start it with python or seti-fastai, not accelerate/torchrun")
-    run_dir = cfg.run_dir()
-    check_arch(cfg.arch)
-    learn = build_learner(resolve_pretrained(cfg), quiet=quiet)
-    learn.lr_find(num_it=cfg.lr_find_iters, show_plot=False, suggest_funcs=())
-    lrs = np.array(learn.recorder.lrs, dtype=float)
-    losses = np.array([float(v) for v in learn.recorder.losses], dtype=float)
-    if len(lrs) < 2:
-        raise RunDirError("lr_find recorded fewer than 2 points; raise --lr-find-iters")
-    suggestions = _suggestions(lrs, losses)
-    chosen = next((suggestions[k] for k in ("valley", "slide", "minimum", "steep") if suggestions[k]), None)
-    result = dict(suggestions=suggestions, suggested_lr=chosen, lrs=lrs.tolist(), losses=losses.tolist())
-    atomic_write_json(run_dir / "lr_find.json", result)
-    plot_lr_find(lrs, losses, suggestions, run_dir / "lr_find.png")
-    return result

@@ -15,33 +15,15 @@ import cv2
 import numpy as np
 import torch
 from fastai.data.transforms import CategoryMap, DisplayedTransform, ItemTransform
-from fastai.torch_core import TensorBase, TensorImage, show_title
+from fastai.torch_core import TensorImage
 
 from seti_fastai.data.background import subtract_background
 from seti_fastai.data.cadence import Layout, Panels, cadence_to_image, used_panels
 from seti_fastai.data.inject import NeedleSpec, draw_needle, import_setigen
 from seti_fastai.data.pack import PackedSources, read_cadence
+from seti_fastai.learn.show import TensorCadence, TensorLabel
 
 Partners = dict[str, list[tuple[str, int]]]  # cadence id -> [(partner file, shift), ...], best first
-
-
-class TensorCadence(TensorImage):
-    """A cadence image (C, H, W) that shows itself as the preview does: the ON panels stacked in time beside the OFF
-    panels (`seti_fastai.learn.show.show_cadence`). `cadence_panels` and `cadence_layout` ride along as fastai
-    metadata (set by `CadenceLoader`); without them the layout is read from the shape. Otherwise a `TensorImage`."""
-
-    def show(self, ctx=None, **kwargs):
-        from seti_fastai.learn.show import show_cadence
-
-        panels, layout = getattr(self, "cadence_panels", None), getattr(self, "cadence_layout", None)
-        return show_cadence(self, ctx=ctx, panels=panels, layout=layout, **kwargs)
-
-
-class TensorLabel(TensorBase):
-    """A float label in [0, 1] (mixup blends it, BCE takes it) that shows itself as a title: `label 1`."""
-
-    def show(self, ctx=None, prefix: str = "label", **kwargs):
-        return show_title(f"{prefix} {float(self):g}", ctx=ctx, **kwargs)
 
 
 class CadenceLoader(DisplayedTransform):

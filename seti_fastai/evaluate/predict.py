@@ -1,4 +1,4 @@
-"""Inference: run directories -> (TTA) -> per-run calibration -> fold ensemble -> (pooled temperature) -> submission.
+"""Prediction: run directories -> (TTA) -> per-run calibration -> fold ensemble -> (pooled temperature) -> submission.
 
 Only `config.yaml` and `model.pth` are read from a run directory, and the weights with `weights_only=True`:
 a run directory from someone else cannot run code on this machine.
@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,26 +25,16 @@ from fastai.learner import Learner
 from seti_fastai.config import TrainConfig, load_run_config
 from seti_fastai.data.cadence import KaggleData, image_shape, read_id_csv
 from seti_fastai.data.pack import PackedSources
-from seti_fastai.errors import ConfigError, LabelFileError, RunDirError
-from seti_fastai.evaluate.calibration import (
-    COMBINES,
-    RUN_TTAS,
-    RunCalibration,
-    check_run_calibration,
-    expected_calibration_error,
-    fit_run,
-    fit_temperature,
-    log_loss,
-    scores,
-    write_run_calibration,
-)
+from seti_fastai.errors import ConfigError, RunDirError
+from seti_fastai.evaluate.calibration import COMBINES, RunCalibration, check_run_calibration
 from seti_fastai.evaluate.calibration import combine as _combine
 from seti_fastai.io import atomic_write_csv
 from seti_fastai.learn.datablock import loader_kwargs, run_packed, run_partners
-from seti_fastai.learn.train import load_weights
 from seti_fastai.learn.transforms import CadenceLoader, Partners, train_transforms
+from seti_fastai.model.checkpoint import load_weights
 from seti_fastai.model.heads import SetiLoss, log_odds, logit_np, sigmoid_np
-from seti_fastai.model.models import Resize, SetiModel, build_model
+from seti_fastai.model.models import SetiModel, build_model
+from seti_fastai.model.resize import Resize
 
 
 def check_run_dir(run_dir: Path | str) -> Path:
@@ -270,150 +259,3 @@ def predict(
 def write_submission(predictions: pd.DataFrame, path: Path | str) -> Path:
     """Write `id,target` atomically: either the whole file or nothing."""
     return atomic_write_csv(predictions[["id", "target"]], path)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# per-run calibration: re-predict each run's validation fold as predict will, then fit
-
-
-def oof_views(
-    run_dir: Path | str,
-    tta: str = "none",
-    data: Path | str | None = None,
-    bs: int = 64,
-    workers: int = 0,
-    device: str | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> tuple[pd.DataFrame, np.ndarray]:
-    """A run's validation cadences (the ids and targets of its oof.csv) and their log-odds (n_views, n), predicted
-    with the TTA views `predict` uses. `data`: the data root [default: the run's own `--data`]."""
-    if tta not in RUN_TTAS:
-        raise ConfigError(f"per-run calibration needs --tta none or flips; got {tta!r}")
-    cfg, model = load_run(run_dir)
-    oof_path = Path(run_dir) / "oof.csv"
-    if not oof_path.is_file():
-        raise RunDirError(f"{run_dir}: oof.csv not found (not a finished run directory)")
-    oof = read_id_csv(oof_path, require_target=True)
-    data = cfg.data if data is None else data
-    split = "old-test" if cfg.stage == "pretrain" else "train"  # where training found the validation cadences
-    kaggle = KaggleData(data)
-    kaggle.check_files(split, oof["id"].tolist())
-    paths = [str(p) for p in kaggle.paths(split, oof["id"].tolist())]
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    partners = run_partners(cfg, data)
-    dl = inference_dl(cfg, paths, bs, workers, dev, partners, run_packed(cfg, paths, partners, data))
-    views = flip_views(cfg) if tta == "flips" else [()]
-    return oof[["id", "target"]], predict_views(model, dl, views, dev, progress)
-
-
-def calibrate_runs(
-    run_dirs: list[Path | str],
-    tta: str = "none",
-    combine: str = "prob",
-    data: Path | str | None = None,
-    bs: int = 64,
-    workers: int = 0,
-    device: str | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
-    """Fit and save each run's `calibration.json` (T, b) on its own out-of-fold cadences, predicted with `tta` and
-    `combine` as `predict` will. Files are written only once every run is fitted. Returns `runs` (the saved records),
-    `ensemble`: the out-of-fold AUC, log-loss and ECE of the ensemble without calibration, with a pooled temperature
-    and with per-run calibration (fitted and scored on the same cadences: in-sample), and `oof`: its log-odds per id
-    (`raw`, `calibrated`)."""
-    if combine not in COMBINES:
-        raise ConfigError(f"combine must be one of {', '.join(COMBINES)}; got {combine!r}")
-    if not run_dirs:
-        raise RunDirError("no run directory given")
-    run_dirs = [check_run_dir(r) for r in run_dirs]
-    records, frames = [], []
-    for run_dir in run_dirs:
-        oof, views = oof_views(run_dir, tta, data, bs, workers, device, progress)
-        y = oof["target"].to_numpy(float)
-        try:
-            cal, record = fit_run(views, y, tta, combine)
-        except RunDirError as e:
-            raise RunDirError(f"{run_dir}: {e}") from e
-        records.append(record | dict(run=str(run_dir)))
-        frames.append(oof.assign(raw=_combine(views, combine), calibrated=_combine(cal.apply(views), combine)))
-    for run_dir, record in zip(run_dirs, records, strict=True):
-        write_run_calibration(run_dir, {k: v for k, v in record.items() if k != "run"})
-    # the ensemble on out-of-fold cadences: an id predicted by several runs is combined across them, as predict does
-    oof = pd.concat(frames, ignore_index=True)
-    cols = ["raw", "calibrated"]
-    if combine == "prob":
-        oof[cols] = sigmoid_np(oof[cols].to_numpy())
-    ens = oof.groupby("id", sort=False).agg({"target": "first", "raw": "mean", "calibrated": "mean"})
-    if combine == "prob":
-        ens[cols] = logit_np(ens[cols].to_numpy())
-    y, raw = ens["target"].to_numpy(float), ens["raw"].to_numpy(float)
-    t = fit_temperature(raw, y)
-    ensemble = {
-        "none": scores(raw, y),
-        f"pooled T={t:.3f}": scores(raw / t, y),
-        "per-run": scores(ens["calibrated"].to_numpy(float), y),
-    }
-    oof = ens.reset_index()[["id", "target", "raw", "calibrated"]]
-    return dict(runs=records, ensemble=ensemble, n=len(ens), tta=tta, combine=combine, oof=oof)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# evaluation
-
-
-def read_predictions(path: Path | str) -> pd.DataFrame:
-    """A predictions CSV: unique ids and a finite `target` score per row."""
-    df = read_id_csv(path, require_target=False)
-    raw = pd.read_csv(path, dtype={"id": str})
-    if "target" not in raw.columns:
-        raise LabelFileError(f"{path}: missing column(s) target")
-    score = pd.to_numeric(raw["target"], errors="coerce")
-    bad = ~np.isfinite(score.to_numpy(float))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise LabelFileError(f"{path}: row {i + 2}: target {raw['target'].iloc[i]} is not a number")
-    return df.assign(target=score.to_numpy(float))
-
-
-def match_labels(predictions: pd.DataFrame, labels: pd.DataFrame, pred_path, label_path) -> pd.DataFrame:
-    """Join on id; the two files must hold exactly the same ids."""
-    missing = sorted(set(labels["id"]) - set(predictions["id"]))
-    extra = sorted(set(predictions["id"]) - set(labels["id"]))
-    if missing or extra:
-        raise LabelFileError(
-            f"{pred_path}: ids do not match {label_path}: {len(missing)} missing (e.g. {missing[:1]}), "
-            f"{len(extra)} not in the labels (e.g. {extra[:1]})"
-        )
-    return labels.merge(predictions.rename(columns={"target": "score"}), on="id")
-
-
-def bootstrap_auc(
-    y: np.ndarray, score: np.ndarray, n: int = 1000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float, float]:
-    """ROC AUC and a percentile bootstrap confidence interval (resampling cadences)."""
-    from sklearn.metrics import roc_auc_score
-
-    if y.min() == y.max():
-        raise LabelFileError("the labels hold one class only; ROC AUC is undefined")
-    auc = float(roc_auc_score(y, score))
-    rng = np.random.default_rng(seed)
-    samples = []
-    for _ in range(n):
-        idx = rng.integers(0, len(y), len(y))
-        if y[idx].min() != y[idx].max():
-            samples.append(roc_auc_score(y[idx], score[idx]))
-    lo, hi = np.quantile(samples, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return auc, float(lo), float(hi)
-
-
-def evaluate(pred_path: Path | str, label_path: Path | str, n_boot: int = 1000) -> dict:
-    predictions = read_predictions(pred_path)
-    labels = read_id_csv(label_path, require_target=True)
-    joined = match_labels(predictions, labels, pred_path, label_path)
-    y, score = joined["target"].to_numpy(), joined["score"].to_numpy()
-    auc, lo, hi = bootstrap_auc(y, score, n_boot)
-    result = dict(auc=auc, ci_low=lo, ci_high=hi, n=len(joined), positives=int(y.sum()))
-    if score.min() >= 0 and score.max() <= 1:
-        z = logit_np(score)
-        result.update(logloss=log_loss(z, y), ece=expected_calibration_error(score, y))
-    return result
