@@ -20,9 +20,8 @@ import torch
 from fastai.torch_core import TensorImage
 
 from seti_fastai.config import TrainConfig
-from seti_fastai.data.cadence import image_shape
-from seti_fastai.learn.batch_augment import batch_augment
-from seti_fastai.learn.transforms import train_transforms
+from seti_fastai.data.layouts import ImageRecipe
+from seti_fastai.learn.augment import AugRecipe, BatchAugment, train_transforms
 
 
 def main() -> None:
@@ -33,11 +32,13 @@ def main() -> None:
     p.add_argument("--max-seconds", type=float, default=60)
     args = p.parse_args()
     cfg = TrainConfig()
-    c, h, w = image_shape(cfg.panels, cfg.layout)
+    image = ImageRecipe.from_config(cfg)
+    aug = AugRecipe.from_config(cfg, image)
+    c, h, w = image.shape
     torch.manual_seed(0)
     images = torch.randn(args.bs, c, h, w)
 
-    item_tfms = train_transforms(cfg, (h, w))
+    item_tfms = train_transforms(aug, image)
     start, n = time.perf_counter(), 0
     while n < args.bs * args.batches and time.perf_counter() - start < args.max_seconds:
         x = TensorImage(images[n % args.bs])
@@ -47,7 +48,7 @@ def main() -> None:
     cpu_rate = n / (time.perf_counter() - start)
 
     device = torch.device(args.device)
-    gpu_tfm = batch_augment(cfg)
+    gpu_tfm = BatchAugment(aug)
     batch = TensorImage(images.to(device))
     gpu_tfm(batch, split_idx=0)  # warm-up
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

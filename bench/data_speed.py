@@ -27,7 +27,8 @@ import cv2
 import torch
 
 from seti_fastai.config import build_config
-from seti_fastai.data.cadence import KaggleData, used_panels
+from seti_fastai.data.cadence import KaggleData
+from seti_fastai.data.layouts import ImageRecipe
 from seti_fastai.data.pack import pack_split, packed_sources, read_cadence
 from seti_fastai.data.synth import SynthConfig, write_synthetic
 from seti_fastai.learn.datablock import get_dls
@@ -98,7 +99,7 @@ def main() -> None:
         kaggle = KaggleData(data)
         paths = [str(p) for p in kaggle.paths("train", kaggle.read_labels("train")["id"])]
         sources = packed_sources(data, paths, work)
-        panels = used_panels(base.panels, base.layout)
+        panels = ImageRecipe.from_config(base).source_panels
         print(
             f"{len(paths)} cadences, panels {base.panels}, layout {base.layout}, bs {args.bs}, model input {args.size}"
         )

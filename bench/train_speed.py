@@ -36,7 +36,8 @@ from fastai.callback.core import Callback
 from seti_fastai.config import build_config
 from seti_fastai.data.synth import SynthConfig, write_synthetic
 from seti_fastai.learn.datablock import get_dls, training_items
-from seti_fastai.learn.train import build_learner, device_precision
+from seti_fastai.learn.plan import device_precision
+from seti_fastai.learn.train import build_learner
 
 
 class TrainTimer(Callback):

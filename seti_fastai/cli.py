@@ -22,12 +22,17 @@ import typer
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks for updates over the network
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated")  # raised by a dependency's import
 
+from seti_fastai.data.background import DEFAULT_MIN_OVERLAP, DEFAULT_MIN_SIMILARITY  # noqa: E402
+from seti_fastai.data.folds import DEFAULT_K, DEFAULT_SEED, folds_name  # noqa: E402
+from seti_fastai.data.synth import DIFFICULTY, SynthConfig  # noqa: E402
 from seti_fastai.errors import SetiError  # noqa: E402
+from seti_fastai.evaluate.drift_grid import DedopplerConfig  # noqa: E402
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts hold "[default: ...]", which rich markup would swallow as a tag
     help="Train, evaluate and ensemble spectrogram classifiers for the SETI Breakthrough Listen data.",
 )
 
@@ -64,6 +69,30 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# options several commands share, declared once (defaults stay with each command: they differ)
+
+CPUS = os.cpu_count() or 1
+LOADER_WORKERS, POOL_WORKERS = min(8, CPUS), min(4, CPUS)
+DataArg = Annotated[Path, typer.Argument(help="Data folder in the Kaggle layout.")]
+DataOpt = Annotated[Path, typer.Option(help="Data root in the Kaggle layout.")]
+RunDirs = Annotated[list[Path], typer.Argument(help="Run directories (folds); their predictions are averaged.")]
+WorkDir = Annotated[Path, typer.Option(help="Folder for what this writes when DATA is read-only.")]
+LoaderWorkers = Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")]
+PoolWorkers = Annotated[int, typer.Option("--workers", help="Worker processes (or threads) for the work.")]
+BatchSize = Annotated[int, typer.Option("--bs", help="Cadences per batch (flip views multiply it on the device).")]
+Device = Annotated[str | None, typer.Option(help="cpu or cuda [default: cuda when available].")]
+Tta = Annotated[str, typer.Option(help="none, flips (batched flip views) or N (fastai TTA, N passes).")]
+Calibration = Annotated[
+    str,
+    typer.Option(
+        help="auto (per-run when every run has calibration.json, else the pooled calibration.json beside the runs "
+        "if present, else none), per-run, pooled, none, or a pooled calibration file."
+    ),
+]
+NoCalibration = Annotated[bool, typer.Option("--no-calibration", help="Same as --calibration none.")]
+
+
 def command(name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a Typer command whose user errors end in one line."""
 
@@ -76,14 +105,18 @@ def command(name: str | None = None) -> Callable[[Callable[..., Any]], Callable[
 @command("synth")
 def synth_cmd(
     out: Annotated[Path, typer.Argument(help="Folder to write the data set to (Kaggle layout).")],
-    n_train: Annotated[int, typer.Option(help="Cadences in train/.")] = 400,
-    n_test: Annotated[int, typer.Option(help="Cadences in test/.")] = 100,
-    pos_rate: Annotated[float, typer.Option(help="Share of positives (needles) in every split.")] = 0.1,
-    seed: Annotated[int, typer.Option(help="Everything written depends on this seed only.")] = 0,
+    n_train: Annotated[int, typer.Option(help="Cadences in train/.")] = SynthConfig.n_train,
+    n_test: Annotated[int, typer.Option(help="Cadences in test/.")] = SynthConfig.n_test,
+    pos_rate: Annotated[
+        float, typer.Option(help="Share of positives (needles) in every split.")
+    ] = SynthConfig.pos_rate,
+    seed: Annotated[int, typer.Option(help="Everything written depends on this seed only.")] = SynthConfig.seed,
     old: Annotated[bool, typer.Option("--old", help="Also write old_leaky_data/ (12-character ids).")] = False,
     n_old_train: Annotated[int | None, typer.Option(help="Cadences in train_old/ (default: --n-train).")] = None,
     n_old_test: Annotated[int | None, typer.Option(help="Cadences in test_old/ (default: --n-test).")] = None,
-    difficulty: Annotated[str, typer.Option(help="Needle brightness range: easy, realistic or hard.")] = "realistic",
+    difficulty: Annotated[
+        str, typer.Option(help=f"Needle brightness range: {', '.join(DIFFICULTY)}.")
+    ] = SynthConfig.difficulty,
     shape_weights: Annotated[
         str | None,
         typer.Option(help="Needle shapes of every split, e.g. line=0.45,squared=0.15,sine=0.25,random_walk=0.15."),
@@ -93,7 +126,7 @@ def synth_cmd(
         typer.Option(help="Needle shapes of the test split only (a train/test shift), e.g. sine=0.6,line=0.4."),
     ] = None,
     hidden: Annotated[Path | None, typer.Option(help="Folder for test labels and metadata [OUT_hidden].")] = None,
-    workers: Annotated[int, typer.Option(help="Worker processes.")] = min(4, os.cpu_count() or 1),
+    workers: PoolWorkers = POOL_WORKERS,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT and the hidden folder.")] = False,
     preview: Annotated[Path | None, typer.Option(help="Also save a PNG of a few positives and negatives.")] = None,
 ) -> None:
@@ -101,7 +134,7 @@ def synth_cmd(
     from tqdm import tqdm
 
     from seti_fastai.data.inject import parse_shape_weights
-    from seti_fastai.data.synth import SynthConfig, output_dirs, write_synthetic
+    from seti_fastai.data.synth import output_dirs, write_synthetic
 
     shapes = {}
     if shape_weights is not None:
@@ -133,9 +166,9 @@ def synth_cmd(
 
 @command("folds")
 def folds_cmd(
-    data: Annotated[Path, typer.Argument(help="Data folder in the Kaggle layout.")],
-    k: Annotated[int, typer.Option("--k", help="Number of folds.")] = 4,
-    seed: Annotated[int, typer.Option(help="Seed of the stratified split.")] = 42,
+    data: DataArg,
+    k: Annotated[int, typer.Option("--k", help="Number of folds.")] = DEFAULT_K,
+    seed: Annotated[int, typer.Option(help="Seed of the stratified split.")] = DEFAULT_SEED,
     split: Annotated[str, typer.Option(help="Labelled split to fold: train or old-train.")] = "train",
     check_arrays: Annotated[
         bool, typer.Option("--check-arrays", help="Also load every cadence: shape, dtype, NaN/inf (slow).")
@@ -145,32 +178,16 @@ def folds_cmd(
     ] = Path("runs"),
 ) -> None:
     """Check every listed file exists, then make (or reuse) stratified folds and show the class balance."""
-    import pandas as pd
     from tqdm import tqdm
 
-    from seti_fastai.data.cadence import KaggleData, load_cadence
+    from seti_fastai.data.cadence import KaggleData
     from seti_fastai.data.folds import fold_summary, load_or_make_folds
-    from seti_fastai.errors import CadenceFileError
-    from seti_fastai.io import atomic_write_csv
 
     kaggle = KaggleData(data)
     labels = kaggle.read_labels(split)
     if check_arrays:  # every file, then one report of all that are bad
-        bad: list[tuple[str, str]] = []
-        paths = kaggle.paths(split, labels["id"])
-        for path in tqdm(paths, unit="cadence", desc="check", file=sys.stderr):
-            try:
-                load_cadence(path)
-            except CadenceFileError as e:
-                bad.append((str(path), one_line(e).removeprefix(f"{path}: ")))
-        if bad:
-            report = work_dir / f"bad_arrays_{split}.csv"
-            try:
-                where = f"all listed in {atomic_write_csv(pd.DataFrame(bad, columns=['path', 'reason']), report)}"
-            except OSError as e:
-                where = f"no list written ({report}: {e.strerror or e})"
-            first = "; ".join(f"{p}: {r}" for p, r in bad[:3])
-            fail(f"{len(bad)} of {len(paths)} cadence files are bad, {where}; first: {first}")
+        with tqdm(total=len(labels), unit="cadence", desc="check", file=sys.stderr) as bar:
+            kaggle.check_arrays(split, work_dir, progress=bar.update)
     else:
         kaggle.check_files(split, labels["id"])
     folds, path, created = load_or_make_folds(labels, data, k=k, seed=seed, split=split, work_dir=work_dir)
@@ -182,12 +199,12 @@ def folds_cmd(
 # training commands: every TrainConfig field is a flag; flags override --config YAML, which overrides defaults
 
 
-def _config_parameters() -> list[inspect.Parameter]:
-    from seti_fastai.config import TrainConfig
-
-    hints = typing.get_type_hints(TrainConfig)
+def field_parameters(cls: type) -> list[inspect.Parameter]:
+    """One `--flag` per field of a settings dataclass (`TrainConfig`, `DedopplerConfig`), its help the field's
+    `help` metadata and its default the field's; unset (None) unless given, so a YAML file or the class fills it."""
+    hints = typing.get_type_hints(cls)
     params = []
-    for f in dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(cls):
         hint = hints[f.name]
         optional = isinstance(hint, types.UnionType)
         base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
@@ -203,6 +220,33 @@ def _config_parameters() -> list[inspect.Parameter]:
             )
         )
     return params
+
+
+def _train_config() -> type:
+    from seti_fastai.config import TrainConfig
+
+    return TrainConfig
+
+
+def settings_command(name: str, cls: type, param: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register `func(..., param=cls(...))` as a command whose options are func's own and one per field of `cls`."""
+
+    def register(func: Callable[..., Any]) -> Callable[..., Any]:
+        hints = typing.get_type_hints(func, include_extras=True)  # the Annotated options, not their names
+        own = [
+            p.replace(annotation=hints[p.name]) for p in inspect.signature(func).parameters.values() if p.name != param
+        ]
+        names = [f.name for f in dataclasses.fields(cls)]
+
+        def wrapper(**kwargs: Any) -> Any:
+            given = {k: kwargs.pop(k) for k in names}
+            return func(**kwargs, **{param: cls(**{k: v for k, v in given.items() if v is not None})})
+
+        wrapper.__signature__ = inspect.Signature([*own, *field_parameters(cls)])
+        wrapper.__doc__ = func.__doc__
+        return app.command(name)(user_errors(wrapper))
+
+    return register
 
 
 CONFIG_FILE = inspect.Parameter(
@@ -225,7 +269,7 @@ def config_command(name: str, *extra: inspect.Parameter) -> Callable[[Callable[.
             extras = {k: kwargs.pop(k) for k in extra_names}
             return func(kwargs, **extras)
 
-        wrapper.__signature__ = inspect.Signature([CONFIG_FILE, *extra, *_config_parameters()])
+        wrapper.__signature__ = inspect.Signature([CONFIG_FILE, *extra, *field_parameters(_train_config())])
         wrapper.__doc__ = func.__doc__
         return app.command(name)(user_errors(wrapper))
 
@@ -243,28 +287,24 @@ def train_cmd(overrides: dict[str, Any], config: Path | None, all_folds: bool, q
     """Train one fold (or --all-folds, or --stage pretrain) and write its run directory."""
     from seti_fastai.config import build_config
     from seti_fastai.learn.distributed import is_main
-    from seti_fastai.learn.train import resolve_pretrained, run_state, train_fold
+    from seti_fastai.learn.plan import fold_configs, plan_run
+    from seti_fastai.learn.train import train_run
     from seti_fastai.model.pretrained import describe_pretrained
 
-    cfg = build_config(config, overrides)
     echo = typer.echo if is_main() else lambda *_, **__: None  # under accelerate launch / torchrun: rank 0 prints
-    if all_folds and cfg.stage != "finetune":
-        fail("--all-folds trains the folds of the finetune stage; --stage pretrain is one run")
-    cfg = resolve_pretrained(cfg)  # efficientnetv2_m -> tf_efficientnetv2_m.in21k_ft_in1k, saved in config.yaml
-    if line := describe_pretrained(cfg):
-        echo(line)
-    for fold in range(cfg.n_folds) if all_folds else [cfg.fold]:
-        run_cfg = dataclasses.replace(cfg, fold=fold)
+    described = False
+    for run_cfg, state in fold_configs(build_config(config, overrides), all_folds):
         run_dir = run_cfg.run_dir()
-        if all_folds:  # a restart goes on where the last one stopped: skip, resume or start each fold
-            state = run_state(run_dir)
-            if state == "finished":
-                echo(f"{run_dir}: finished earlier (metrics.json), skipping")
-                continue
-            run_cfg.resume = state == "interrupted"
-            if run_cfg.resume:
-                echo(f"{run_dir}: interrupted earlier, resuming from last.pth")
-        metrics = train_fold(run_cfg, quiet=quiet)
+        if all_folds and state == "finished":  # a restart goes on where the last one stopped
+            echo(f"{run_dir}: finished earlier (metrics.json), skipping")
+            continue
+        if all_folds and state == "interrupted":
+            echo(f"{run_dir}: interrupted earlier, resuming from last.pth")
+        plan = plan_run(run_cfg)  # efficientnetv2_m -> tf_efficientnetv2_m.in21k_ft_in1k, saved in config.yaml
+        if not described and (line := describe_pretrained(plan.cfg)):
+            echo(line)
+        described = True
+        metrics = train_run(plan, quiet=quiet)
         if "init_from" in metrics:
             init = metrics["init_from"]
             echo(f"{run_dir}: started from {init['source']}: {init['loaded']} of {init['total']} tensors loaded")
@@ -279,15 +319,15 @@ def lr_find_cmd(overrides: dict[str, Any], config: Path | None, quiet: bool) -> 
     """Run fastai's lr_find on a run's data and model; save lr_find.png and lr_find.json in its run directory."""
     from seti_fastai.config import build_config
     from seti_fastai.learn.lr_find import run_lr_find
-    from seti_fastai.learn.train import resolve_pretrained
+    from seti_fastai.learn.plan import plan_run
     from seti_fastai.model.pretrained import describe_pretrained
 
-    cfg = resolve_pretrained(build_config(config, overrides))
-    if line := describe_pretrained(cfg):
+    plan = plan_run(build_config(config, overrides), fresh=False)
+    if line := describe_pretrained(plan.cfg):
         typer.echo(line)
-    result = run_lr_find(cfg, quiet=quiet)
+    result = run_lr_find(plan, quiet=quiet)
     shown = ", ".join(f"{k} {v:.2e}" for k, v in result["suggestions"].items() if v)
-    typer.echo(f"lr_find: {shown or 'no suggestion (curve too short)'}; saved {cfg.run_dir() / 'lr_find.png'}")
+    typer.echo(f"lr_find: {shown or 'no suggestion (curve too short)'}; saved {plan.run_dir / 'lr_find.png'}")
     if result["suggested_lr"]:
         typer.echo(f"suggested --lr {result['suggested_lr']:.2e}")
 
@@ -296,54 +336,51 @@ def lr_find_cmd(overrides: dict[str, Any], config: Path | None, quiet: bool) -> 
 # inference commands
 
 
+def prediction_bar(plan):
+    """A progress bar over the cadences a prediction passes through its models (none for fastai's TTA, which
+    reports no progress)."""
+    from tqdm import tqdm
+
+    passes = 0 if plan.tta.isdigit() else len(plan.runs)
+    return tqdm(total=len(plan.ids) * passes or None, unit="cadence", desc="predict", file=sys.stderr,
+                disable=not passes)  # fmt: skip
+
+
 @command("predict")
 def predict_cmd(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (folds) to average.")],
-    data: Annotated[Path, typer.Option(help="Data root in the Kaggle layout.")] = Path("data"),
+    run_dirs: RunDirs,
+    data: DataOpt = Path("data"),
     out: Annotated[Path, typer.Option(help="CSV to write (id,target).")] = Path("submission.csv"),
     split: Annotated[str, typer.Option(help="test, train, old-train or old-test.")] = "test",
     ids: Annotated[Path | None, typer.Option(help="CSV with an id column: predict these ids of --split.")] = None,
-    tta: Annotated[str, typer.Option(help="none, flips (batched flip views) or N (fastai TTA, N passes).")] = "none",
+    tta: Tta = "none",
     combine: Annotated[str, typer.Option(help="Average views and folds as prob(abilities) or logit(s).")] = "prob",
     beta: Annotated[float, typer.Option(help="--tta N: weight of the plain prediction (fastai's beta).")] = 0.25,
-    calibration: Annotated[
-        str,
-        typer.Option(
-            help="auto (per-run when every run has calibration.json, else the pooled calibration.json beside the runs "
-            "if present, else none), per-run, pooled, none, or a pooled calibration file."
-        ),
-    ] = "auto",
-    no_calibration: Annotated[bool, typer.Option("--no-calibration", help="Same as --calibration none.")] = False,
-    bs: Annotated[int, typer.Option(help="Batch size (cadences; flip views multiply it on the device).")] = 64,
-    workers: Annotated[int, typer.Option(help="DataLoader workers.")] = min(8, os.cpu_count() or 1),
-    device: Annotated[str | None, typer.Option(help="cpu or cuda [default: cuda when available].")] = None,
+    calibration: Calibration = "auto",
+    no_calibration: NoCalibration = False,
+    bs: BatchSize = 64,
+    workers: LoaderWorkers = LOADER_WORKERS,
+    device: Device = None,
     packed: Annotated[
         str, typer.Option(help="auto: read the split's packed cache (`pack`) when there is one; on: require it; off.")
     ] = "auto",
 ) -> None:
     """Predict ids with trained folds (config.yaml + model.pth only) and write a submission CSV atomically."""
-    from tqdm import tqdm
+    from seti_fastai.evaluate.predict import plan_prediction, run_prediction, write_submission
 
-    from seti_fastai.evaluate.calibration import resolve_calibration
-    from seti_fastai.evaluate.predict import check_inputs, predict, write_submission
-
-    n = len(check_inputs(run_dirs, data, split, ids, tta, combine, 1.0)[1])
-    resolved = resolve_calibration(run_dirs, "none" if no_calibration else calibration, tta, combine)
-    if resolved.mode != "none":
-        typer.echo(resolved.describe())
-    passes = len(run_dirs) * (1 if not tta.isdigit() else 0)
-    with tqdm(total=n * passes or None, unit="cadence", desc="predict", file=sys.stderr, disable=not passes) as bar:
-        predictions = predict(
-            run_dirs, data, split, ids, tta, combine, beta, resolved.temperature, bs, workers, device,
-            progress=bar.update, run_calibrations=resolved.runs, packed=packed,
-        )  # fmt: skip
+    mode = "none" if no_calibration else calibration
+    plan = plan_prediction(run_dirs, data, split, ids, tta, combine, beta, mode, packed)
+    if plan.calibration.mode != "none":
+        typer.echo(plan.calibration.describe())
+    with prediction_bar(plan) as bar:
+        predictions = run_prediction(plan, bs, workers, device, progress=bar.update)
     write_submission(predictions, out)
-    typer.echo(f"wrote {len(predictions)} predictions from {len(run_dirs)} run(s) to {out}")
+    typer.echo(f"wrote {len(predictions)} predictions from {len(plan.runs)} run(s) to {out}")
 
 
 @command("calibrate")
 def calibrate_cmd(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (folds) to calibrate.")],
+    run_dirs: RunDirs,
     tta: Annotated[str, typer.Option(help="none or flips: the TTA views predict will use.")] = "none",
     combine: Annotated[str, typer.Option(help="prob or logit: the combine rule predict will use.")] = "prob",
     data: Annotated[Path | None, typer.Option(help="Data root [default: each run's own --data].")] = None,
@@ -353,9 +390,9 @@ def calibrate_cmd(
     out: Annotated[
         Path | None, typer.Option(help="--pooled: output file [default: calibration.json beside the runs].")
     ] = None,
-    bs: Annotated[int, typer.Option(help="Batch size (cadences).")] = 64,
-    workers: Annotated[int, typer.Option(help="DataLoader workers.")] = min(8, os.cpu_count() or 1),
-    device: Annotated[str | None, typer.Option(help="cpu or cuda [default: cuda when available].")] = None,
+    bs: BatchSize = 64,
+    workers: LoaderWorkers = LOADER_WORKERS,
+    device: Device = None,
 ) -> None:
     """Fit each run's temperature and bias on its own out-of-fold cadences, predicted with --tta and --combine as
     predict will, and save calibration.json in each run directory (--pooled: one temperature for all runs)."""
@@ -391,7 +428,9 @@ def calibrate_cmd(
 
 @command("evaluate")
 def evaluate_cmd(
-    predictions: Annotated[Path, typer.Argument(help="CSV with id,target (scores).")],
+    predictions: Annotated[
+        Path, typer.Argument(help="Score CSV: a submission, oof.csv, dedoppler_<split>.csv or a blend.")
+    ],
     labels: Annotated[Path, typer.Argument(help="CSV with id,target (0/1).")],
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the confidence interval.")] = 1000,
     reference: Annotated[
@@ -399,7 +438,7 @@ def evaluate_cmd(
         typer.Option(help="Score file (id,score, e.g. from `dedoppler`) to compare on the same ids; repeatable."),
     ] = None,
 ) -> None:
-    """ROC AUC with a 95 % bootstrap confidence interval (and log-loss, ECE for probabilities)."""
+    """ROC AUC with a 95 % bootstrap confidence interval (and log-loss, ECE for a prediction's probabilities)."""
     from seti_fastai.data.cadence import read_id_csv
     from seti_fastai.evaluate.dedoppler import reference_auc
     from seti_fastai.evaluate.metrics import evaluate
@@ -433,41 +472,33 @@ def report_cmd(
 
 @command("match")
 def match_cmd(
-    data: Annotated[Path, typer.Argument(help="Data folder in the Kaggle layout.")],
+    data: DataArg,
     splits: Annotated[
         str | None, typer.Option(help="Comma-separated splits to match across [default: all present].")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="CSV to write [default: matches.csv beside the data].")] = None,
-    work_dir: Annotated[Path, typer.Option(help="Folder for matches.csv when DATA is read-only.")] = Path("runs"),
-    min_overlap: Annotated[int, typer.Option(help="Fewest overlapping channels of a pair.")] = 16,
+    work_dir: WorkDir = Path("runs"),
+    min_overlap: Annotated[int, typer.Option(help="Fewest overlapping channels of a pair.")] = DEFAULT_MIN_OVERLAP,
     min_similarity: Annotated[
-        float | None, typer.Option(help="Lowest fingerprint similarity of a pair, -1..1 [default: 0.5].")
-    ] = None,
-    workers: Annotated[int, typer.Option(help="Worker processes for fingerprinting.")] = min(4, os.cpu_count() or 1),
+        float, typer.Option(help="Lowest fingerprint similarity of a pair, -1..1.")
+    ] = DEFAULT_MIN_SIMILARITY,
+    workers: PoolWorkers = POOL_WORKERS,
 ) -> None:
     """Find cadences that share a background (shifted in frequency) across splits and write matches.csv."""
     import time
 
     from tqdm import tqdm
 
-    from seti_fastai.data.background import DEFAULT_MIN_SIMILARITY, check_thresholds, match_cadences
-    from seti_fastai.data.cadence import SPLITS, KaggleData, split_layout
-    from seti_fastai.errors import DataLayoutError
+    from seti_fastai.data.background import match_cadences, splits_to_match
+    from seti_fastai.data.cadence import KaggleData
     from seti_fastai.io import atomic_write_csv, derived_path
 
-    similarity = DEFAULT_MIN_SIMILARITY if min_similarity is None else min_similarity
-    check_thresholds(min_overlap, similarity)
     kaggle = KaggleData(data)
-    present = [s for s in SPLITS if kaggle.has_split(s)]
-    chosen = list(dict.fromkeys(s.strip() for s in splits.split(",") if s.strip())) if splits else present
-    if not chosen:
-        raise DataLayoutError(f"{data}: no split to match (no {', '.join(v.labels for v in SPLITS.values())})")
-    for split in chosen:
-        split_layout(split)
+    chosen = splits_to_match(kaggle, splits)
     total = sum(len(kaggle.read_labels(s)) for s in chosen)
     start = time.perf_counter()
     with tqdm(total=total, unit="cadence", desc="match", file=sys.stderr) as bar:
-        matches = match_cadences(kaggle, chosen, min_overlap, similarity, workers=workers, progress=bar.update)
+        matches = match_cadences(kaggle, chosen, min_overlap, min_similarity, workers=workers, progress=bar.update)
     seconds = time.perf_counter() - start
     path = atomic_write_csv(matches, out if out is not None else derived_path(data, "matches.csv", work_dir))
     found = matches["id"].nunique()
@@ -482,22 +513,19 @@ def match_cmd(
 # the physics reference
 
 
-@command("dedoppler")
+@settings_command("dedoppler", DedopplerConfig, "grid")
 def dedoppler_cmd(
-    data: Annotated[Path, typer.Argument(help="Data folder in the Kaggle layout.")],
+    data: DataArg,
     split: Annotated[str, typer.Option(help="train, test, old-train or old-test.")] = "train",
     out: Annotated[
         Path | None, typer.Option(help="CSV to write [default: dedoppler_<split>.csv beside the data].")
     ] = None,
-    work_dir: Annotated[Path, typer.Option(help="Where the CSV goes if the data folder is read-only.")] = Path("runs"),
-    max_drift: Annotated[float, typer.Option(help="Largest drift searched, channels per row (both signs).")] = 0.12,
-    drift_step: Annotated[float, typer.Option(help="Step of the drift grid, channels per row.")] = 0.004,
-    gap_rows: Annotated[int, typer.Option(help="Rows of slew between panels along the drifting path.")] = 12,
-    pool: Annotated[int, typer.Option(help="Max-pool half-width (channels) of each panel's drift sum.")] = 3,
-    row_median: Annotated[bool, typer.Option("--row-median", help="Also remove each row's median.")] = False,
-    bs: Annotated[int, typer.Option(help="Cadences per batch.")] = 32,
-    workers: Annotated[int, typer.Option(help="DataLoader workers.")] = min(4, os.cpu_count() or 1),
-    device: Annotated[str | None, typer.Option(help="cpu or cuda [default: cuda when available].")] = None,
+    work_dir: WorkDir = Path("runs"),
+    bs: BatchSize = 32,
+    workers: LoaderWorkers = POOL_WORKERS,
+    device: Device = None,
+    *,
+    grid: DedopplerConfig,
 ) -> None:
     """Score a split with an incoherent de-Doppler search (ON minus OFF panels); write id,score,drift,channel."""
     import time
@@ -505,10 +533,10 @@ def dedoppler_cmd(
     from tqdm import tqdm
 
     from seti_fastai.data.cadence import KaggleData, split_layout
-    from seti_fastai.evaluate.dedoppler import DedopplerConfig, auc_by_fold, score_files
+    from seti_fastai.evaluate.dedoppler import auc_by_fold, score_files
     from seti_fastai.io import atomic_write_csv, derived_path
 
-    cfg = DedopplerConfig(max_drift, drift_step, gap_rows, pool, row_median)
+    cfg = grid
     cfg.validate()
     kaggle = KaggleData(data)
     ids = kaggle.read_labels(split)["id"]
@@ -548,42 +576,28 @@ def blend_cmd(
     """Blend score files by weighted normalised rank, e.g. a model stacked with the de-Doppler reference.
 
     With --valid and --labels the weight of a two-input blend is chosen by validation AUC (step 0.05)."""
-    from seti_fastai.evaluate.blend import blend, tune_weight
+    from seti_fastai.evaluate.blend import blend, choose_weights
     from seti_fastai.io import atomic_write_csv
 
-    if valid and weights:
-        fail("give --weights or --valid, not both")
-    if valid and labels is None:
-        fail("--valid needs --labels (id,target of the validation cadences)")
-    if valid:
-        if len(valid) != len(predictions):
-            fail(f"--valid: {len(valid)} file(s) for {len(predictions)} input(s); give one per input, in order")
-        tuned = tune_weight(valid, labels)
-        chosen = tuned["weights"]
+    chosen, tuned = choose_weights(len(predictions), weights, valid, labels)
+    if tuned is not None:
         aucs = ", ".join(f"{a:.4f}" for a in tuned["input_aucs"])
         typer.echo(
             f"weights {chosen[0]:.2f},{chosen[1]:.2f}: validation AUC {tuned['valid_auc']:.4f} on {tuned['n']} "
             f"cadences (inputs alone: {aucs})"
         )
-    elif weights:
-        try:
-            chosen = [float(w) for w in weights.split(",")]
-        except ValueError:
-            fail(f"--weights: not a comma list of numbers: {weights!r}")
-    else:
-        chosen = [1.0] * len(predictions)
     path = atomic_write_csv(blend(predictions, chosen), out)
     typer.echo(f"wrote {path}")
 
 
 @command("pack")
 def pack_cmd(
-    data: Annotated[Path, typer.Argument(help="Data folder in the Kaggle layout.")],
+    data: DataArg,
     split: Annotated[str, typer.Option(help="train, test, old-train, old-test or all (every split present).")] = "all",
     out: Annotated[
         Path, typer.Option(help="Work folder for the cache when DATA is read-only (train/predict look in their --out).")
     ] = Path("runs"),
-    workers: Annotated[int, typer.Option(help="Threads reading files ahead.")] = min(4, os.cpu_count() or 1),
+    workers: PoolWorkers = POOL_WORKERS,
 ) -> None:
     """Pack a split's cadences into one memory-mapped float16 file + id index, read instead of the files."""
     import time
@@ -611,8 +625,8 @@ def pack_cmd(
 
 @command("pseudo-label")
 def pseudo_label_cmd(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (folds) whose mean predicts the test split.")],
-    data: Annotated[Path, typer.Option(help="Data root in the Kaggle layout.")] = Path("data"),
+    run_dirs: RunDirs,
+    data: DataOpt = Path("data"),
     out: Annotated[Path, typer.Option(help="CSV to write (id,target,prob,round).")] = Path("pseudo.csv"),
     pos_threshold: Annotated[
         float | None, typer.Option(help="Positive when the probability is at least this [default: 0.9].")
@@ -623,40 +637,31 @@ def pseudo_label_cmd(
     top_k_pos: Annotated[int | None, typer.Option(help="Instead of thresholds: the N most probable cadences.")] = None,
     top_k_neg: Annotated[int | None, typer.Option(help="Instead of thresholds: the M least probable cadences.")] = None,
     soft: Annotated[bool, typer.Option("--soft", help="Write the probability as the target, not 0/1.")] = False,
-    tta: Annotated[str, typer.Option(help="none, flips (batched flip views) or N (fastai TTA, N passes).")] = "none",
-    calibration: Annotated[
-        str, typer.Option(help="auto, per-run, pooled, none, or a pooled calibration file (as for predict).")
-    ] = "auto",
-    no_calibration: Annotated[bool, typer.Option("--no-calibration", help="Same as --calibration none.")] = False,
-    bs: Annotated[int, typer.Option(help="Batch size.")] = 64,
-    workers: Annotated[int, typer.Option(help="DataLoader workers.")] = min(8, os.cpu_count() or 1),
-    device: Annotated[str | None, typer.Option(help="cpu or cuda [default: cuda when available].")] = None,
+    tta: Tta = "none",
+    calibration: Calibration = "auto",
+    no_calibration: NoCalibration = False,
+    bs: BatchSize = 64,
+    workers: LoaderWorkers = LOADER_WORKERS,
+    device: Device = None,
 ) -> None:
     """Predict the test split with trained runs and write the confident cadences as pseudo-labels (train with
     --pseudo FILE: they join the training split of every fold, never its validation)."""
-    from tqdm import tqdm
-
-    from seti_fastai.data.cadence import KaggleData
-    from seti_fastai.evaluate.calibration import resolve_calibration
-    from seti_fastai.evaluate.predict import check_inputs
+    from seti_fastai.evaluate.predict import plan_prediction
     from seti_fastai.evaluate.pseudo import Selection, pseudo_label
     from seti_fastai.io import atomic_write_csv
 
     selection = Selection(pos_threshold, neg_threshold, top_k_pos, top_k_neg, soft).validate()
-    n = len(check_inputs(run_dirs, data, "test", None, tta, "prob", 1.0)[1])
-    resolved = resolve_calibration(run_dirs, "none" if no_calibration else calibration, tta, "prob")
-    if resolved.mode != "none":
-        typer.echo(resolved.describe())
-    passes = len(run_dirs) * (1 if not tta.isdigit() else 0)
-    with tqdm(total=n * passes or None, unit="cadence", desc="predict", file=sys.stderr, disable=not passes) as bar:
-        labels = pseudo_label(
-            run_dirs, data, selection, tta, resolved.temperature, bs, workers, device, progress=bar.update,
-            run_calibrations=resolved.runs,
-        )  # fmt: skip
+    plan = plan_prediction(
+        run_dirs, data, "test", None, tta, "prob", calibration="none" if no_calibration else calibration
+    )
+    if plan.calibration.mode != "none":
+        typer.echo(plan.calibration.describe())
+    with prediction_bar(plan) as bar:
+        labels = pseudo_label(plan, selection, bs=bs, workers=workers, device=device, progress=bar.update)
     atomic_write_csv(labels, out)
     n_pos = int((labels["target"] >= 0.5).sum())
     typer.echo(
-        f"wrote {len(labels)} pseudo-labels of {len(KaggleData(data).read_labels('test'))} test cadences "
+        f"wrote {len(labels)} pseudo-labels of {len(plan.ids)} test cadences "
         f"({n_pos} positive, {len(labels) - n_pos} negative, {'soft' if soft else 'hard'}, "
         f"round {labels['round'].iloc[0]}) to {out}; train with --pseudo {out}"
     )
@@ -676,14 +681,14 @@ def adversarial_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the folds, the classifier and the bootstrap.")] = 0,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the AUC confidence interval.")] = 1000,
     top: Annotated[int, typer.Option(help="Most test-like train cadences to show.")] = 10,
-    workers: Annotated[int, typer.Option(help="Worker processes for the statistics.")] = min(4, os.cpu_count() or 1),
+    workers: PoolWorkers = POOL_WORKERS,
 ) -> None:
     """Adversarial validation: gradient-boosted trees on cheap per-cadence statistics tell train from test; prints
     the out-of-fold ROC AUC and the most test-like train cadences, writes a test-like validation fold."""
     from tqdm import tqdm
 
     from seti_fastai.data.cadence import KaggleData
-    from seti_fastai.evaluate.adversarial import adversarial_validation, check_options
+    from seti_fastai.evaluate.adversarial import TEST_LIKE_SEED, adversarial_validation, check_options
 
     check_options(n_splits, valid_share)
     kaggle = KaggleData(data)
@@ -703,8 +708,8 @@ def adversarial_cmd(
     typer.echo(
         f"wrote {out}/adversarial.json, adversarial_oof.csv, adversarial_folds.csv"
         + (", adversarial_weights.csv" if weights else "")
-        + "; to validate on the test-like fold: cp OUT/adversarial_folds.csv RUNS/folds_train_k2_seed777.csv and "
-        "train with --out RUNS --n-folds 2 --fold-seed 777 --fold 0"
+        + f"; to validate on the test-like fold: cp OUT/adversarial_folds.csv RUNS/{folds_name(2, TEST_LIKE_SEED)} and "
+        f"train with --out RUNS --n-folds 2 --fold-seed {TEST_LIKE_SEED} --fold 0"
     )
 
 

@@ -15,12 +15,9 @@ from typing import Any
 
 import yaml
 
+from seti_fastai.data.layouts import LAYOUTS, ImageRecipe
 from seti_fastai.errors import ConfigError
 
-PANELS = ("on", "all")
-LAYOUTS = ("stack", "channels", "diff")
-BACKGROUNDS = ("none", "subtract")
-RESIZE_MODES = ("bilinear", "antialias", "area")
 HEADS = ("bce", "ce")
 STAGES = ("finetune", "pretrain")
 MIXUP_LABELS = ("max", "lerp")
@@ -50,11 +47,7 @@ class TrainConfig:
     n_folds: int = opt(4, "number of stratified folds")
     fold_seed: int = opt(42, "seed of the fold split (the fold CSV is reused once written)")
     panels: str = opt("on", "on: panels 0, 2, 4; all: the six panels")
-    layout: str = opt(
-        "stack",
-        "stack: panels one under the other in one channel; channels: one panel per channel; diff: each ON panel minus "
-        "its neighbouring OFF panels (per-channel median removed), stacked (reads all six panels, ignores --panels)",
-    )
+    layout: str = opt("stack", "; ".join(f"{name}: {layout.help}" for name, layout in LAYOUTS.items()))
     background: str = opt(
         "none", "subtract: remove the background shared with overlapping cadences (needs matches.csv)"
     )
@@ -146,14 +139,11 @@ class TrainConfig:
             if getattr(self, name) not in options:
                 raise ConfigError(f"{name} must be one of {', '.join(options)}; got {getattr(self, name)!r}")
 
-        choose("panels", PANELS)
-        choose("layout", LAYOUTS)
+        ImageRecipe.from_config(self)  # panels, layout, background, resize_mode
         choose("head", HEADS)
         choose("stage", STAGES)
         choose("mixup_label", MIXUP_LABELS)
         choose("precision", PRECISIONS)
-        choose("background", BACKGROUNDS)
-        choose("resize_mode", RESIZE_MODES)
         choose("aug_device", AUG_DEVICES)
         choose("packed", PACKED)
         if not self.size or any(s < 32 for s in self.size):
@@ -171,6 +161,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be in [0, 1]; got {getattr(self, name)}")
         if self.workers < 0 or self.aug_off_last < 0 or self.mixup_alpha <= 0:
             raise ConfigError("workers and aug_off_last must be >= 0, mixup_alpha > 0")
+        if not 0.0 <= self.init_min_share <= 1.0:
+            raise ConfigError(f"init_min_share must be in [0, 1]; got {self.init_min_share}")
         if self.max_partners < 1:
             raise ConfigError(f"max_partners must be at least 1; got {self.max_partners}")
         if not 0.0 <= self.inject <= 1.0:

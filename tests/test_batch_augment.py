@@ -10,15 +10,29 @@ from conftest import tiny_overrides
 from scipy.stats import ks_2samp
 
 from seti_fastai.config import build_config
-from seti_fastai.learn.batch_augment import BatchAugment, freq_flip, motion_blur, shift_scale, spec_augment
+from seti_fastai.learn.augment import AlbumentationsTransform, AugRecipe, BatchAugment, albumentations_pipelines
 from seti_fastai.learn.datablock import get_dls
-from seti_fastai.learn.transforms import AlbumentationsTransform, InjectNeedle, recipe_pipeline, spec_augment_pipeline
+from seti_fastai.learn.transforms import InjectNeedle
 
 H, W, N = 40, 56, 300  # not square: an axis mix-up shows
 
 
-def albumentations_batch(pipeline, images: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Apply an albumentations pipeline to each (C, H, W) image of a batch, as the CPU path does."""
+def recipe(flip=0.0, affine=0.0, blur=0.0, spec=0.0, **extra) -> AugRecipe:
+    return AugRecipe(freq_flip_p=flip, affine_p=affine, motion_blur_p=blur, spec_augment_p=spec, **extra)
+
+
+def device_batch(aug: AugRecipe, images: np.ndarray) -> np.ndarray:
+    """The recipe's torch forms (the device path) on a batch."""
+    out = torch.from_numpy(images)
+    for step in aug.steps():
+        if step.p > 0:
+            out = step.on_batch(out)
+    return out.numpy()
+
+
+def albumentations_batch(aug: AugRecipe, images: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The recipe's albumentations forms (the CPU path, without its [0, 1] rescaling) on each (C, H, W) image."""
+    ((pipeline, _),) = albumentations_pipelines(aug, *images.shape[2:])
     pipeline.set_random_seed(seed)
     out = [pipeline(image=np.ascontiguousarray(im.transpose(1, 2, 0)))["image"] for im in images]
     return np.stack([o[:, :, None] if o.ndim == 2 else o for o in out]).transpose(0, 3, 1, 2)
@@ -42,8 +56,8 @@ def close_shares(a: float, b: float, n: int) -> None:
 def test_frequency_flip_share_matches():
     torch.manual_seed(0)
     images = ramps(N)
-    gpu = freq_flip(torch.from_numpy(images), 0.5).numpy()
-    cpu = albumentations_batch(recipe_pipeline(0.5, 0.0, 0.0), images)
+    gpu = device_batch(recipe(flip=0.5), images)
+    cpu = albumentations_batch(recipe(flip=0.5), images)
     flipped = [float((out[:, 0, 0, 0] == W - 1).mean()) for out in (gpu, cpu)]
     close_shares(*flipped, N)
     assert abs(flipped[0] - 0.5) < 0.12
@@ -75,8 +89,8 @@ def whole(shifts: np.ndarray) -> np.ndarray:
 def test_shift_scale_magnitudes_match(time_shift):
     torch.manual_seed(1)
     images = ramps(N)
-    gpu = affine_estimates(shift_scale(torch.from_numpy(images), 1.0, time_shift).numpy())
-    cpu = affine_estimates(albumentations_batch(recipe_pipeline(0.0, 1.0, 0.0, time_shift), images))
+    gpu = affine_estimates(device_batch(recipe(affine=1.0, time_shift=time_shift), images))
+    cpu = affine_estimates(albumentations_batch(recipe(affine=1.0, time_shift=time_shift), images))
     for j, name in enumerate(("shift x", "shift y", "scale x", "scale y")):
         if time_shift or j in (0, 2):
             a, b = (whole(gpu[:, j]), whole(cpu[:, j])) if j < 2 else (gpu[:, j], cpu[:, j])
@@ -86,8 +100,8 @@ def test_shift_scale_magnitudes_match(time_shift):
     if not time_shift:
         np.testing.assert_allclose(gpu[:, 1], 0, atol=1e-3)
         np.testing.assert_allclose(gpu[:, 3], 1, atol=1e-4)
-    share = float((shift_scale(torch.from_numpy(images), 0.5, time_shift) != torch.from_numpy(images)).any(3).any(2)
-                  .any(1).float().mean())  # fmt: skip
+    share = float((device_batch(recipe(affine=0.5, time_shift=time_shift), images) != images).any(3).any(2)
+                  .any(1).mean())  # fmt: skip
     assert abs(share - 0.5) < 0.12
 
 
@@ -105,8 +119,8 @@ def test_motion_blur_kernels_match(time_shift):
     torch.manual_seed(2)
     impulses = np.zeros((N, 1, 21, 21), np.float32)
     impulses[:, 0, 10, 10] = 1.0
-    gpu = motion_blur(torch.from_numpy(impulses), 1.0, time_shift).numpy()
-    cpu = albumentations_batch(recipe_pipeline(0.0, 0.0, 1.0, time_shift), impulses)
+    gpu = device_batch(recipe(blur=1.0, time_shift=time_shift), impulses)
+    cpu = albumentations_batch(recipe(blur=1.0, time_shift=time_shift), impulses)
     np.testing.assert_allclose(gpu.sum((1, 2, 3)), 1.0, rtol=1e-5)  # a kernel that keeps the mean
     g, c = kernel_stats(gpu), kernel_stats(cpu)
     for j, name in enumerate(("taps", "time spread", "frequency spread", "frequency centroid")):
@@ -119,8 +133,8 @@ def test_motion_blur_kernels_match(time_shift):
 def test_spec_augment_bands_match(alpha):
     torch.manual_seed(3)
     ones = np.ones((N, 1, H, W), np.float32)
-    gpu = spec_augment(torch.from_numpy(ones), 1.0, alpha).numpy()
-    cpu = albumentations_batch(spec_augment_pipeline(H, W, alpha, p=1.0), ones)
+    gpu = device_batch(recipe(spec=1.0, spec_alpha=alpha), ones)
+    cpu = albumentations_batch(recipe(spec=1.0, spec_alpha=alpha), ones)
     for axis, size, name in ((2, W, "frequency"), (3, H, "time")):  # all-zero columns / rows
         bands = []
         for out in (gpu, cpu):
@@ -131,7 +145,7 @@ def test_spec_augment_bands_match(alpha):
             assert widths.max() <= max(1, int(alpha * size))
         same_distribution(bands[0][0], bands[1][0], f"{name} band width")
         same_distribution(bands[0][1][bands[0][0] > 0], bands[1][1][bands[1][0] > 0], f"{name} band start")
-    half = spec_augment(torch.from_numpy(ones), 0.5, alpha).numpy()
+    half = device_batch(recipe(spec=0.5, spec_alpha=alpha), ones)
     close_shares(float((half == 0).any((1, 2, 3)).mean()), 0.5 * (1 - 1 / (int(alpha * W) + 1) / (int(alpha * H) + 1)),
                  N)  # fmt: skip
 
@@ -162,7 +176,7 @@ def test_batch_augment_keeps_the_cadence_type_for_show_batch():
     from seti_fastai.learn.show import TensorCadence
 
     x = TensorCadence(torch.randn(4, 1, 64, 32), cadence_panels="on", cadence_layout="diff")
-    augment = BatchAugment(freq_flip_p=1.0, affine_p=0, motion_blur_p=0, spec_augment_p=0)
+    augment = BatchAugment(recipe(flip=1.0))
     augment.split_idx = None  # apply outside a DataLoader
     y = augment(x)
     assert type(y) is TensorCadence and y.cadence_layout == "diff" and y.cadence_panels == "on"

@@ -9,7 +9,8 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from seti_fastai.cli import app
-from seti_fastai.evaluate.blend import blend, rank_blend, read_scores, tune_weight
+from seti_fastai.data.tables import read_scores
+from seti_fastai.evaluate.blend import blend, rank_blend, tune_weight
 
 
 def complementary(n: int = 400, seed: int = 0) -> tuple[pd.Series, np.ndarray, np.ndarray, np.ndarray]:
@@ -39,8 +40,8 @@ def test_score_column_follows_the_file_kind(tmp_path):
     ids = ["a", "b"]
     pd.DataFrame({"id": ids, "target": [1, 0], "logit": [-2.0, 3.0]}).to_csv(tmp_path / "oof.csv", index=False)
     pd.DataFrame({"id": ids, "score": [5.0, 6.0], "drift": [0.1, 0.0]}).to_csv(tmp_path / "dd.csv", index=False)
-    assert read_scores(tmp_path / "oof.csv").tolist() == [-2.0, 3.0]  # the logit, not the label
-    assert read_scores(tmp_path / "dd.csv").tolist() == [5.0, 6.0]
+    assert read_scores(tmp_path / "oof.csv")["score"].tolist() == [-2.0, 3.0]  # the logit, not the label
+    assert read_scores(tmp_path / "dd.csv")["score"].tolist() == [5.0, 6.0]
 
 
 def test_blend_of_complementary_detectors_beats_each(tmp_path):

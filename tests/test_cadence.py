@@ -1,4 +1,4 @@
-"""The Kaggle data layer: label CSVs, paths, loading with validation, cadence -> image."""
+"""The Kaggle data layer: label CSVs, paths, loading with validation, cadence -> image (the image recipe)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ import pytest
 from seti_fastai.data.cadence import (
     CADENCE_SHAPE,
     KaggleData,
-    cadence_to_image,
     channel_medians,
-    image_shape,
     load_cadence,
     open_cadence,
     read_id_csv,
 )
+from seti_fastai.data.layouts import ImageRecipe
 from seti_fastai.errors import CadenceFileError, DataLayoutError, LabelFileError
 
 
@@ -65,8 +64,8 @@ def test_positive_share_matches_pos_rate(synth_data, synth_cfg):
 )
 def test_cadence_to_image_shapes(panels, layout, shape):
     cadence = np.random.default_rng(0).normal(size=CADENCE_SHAPE).astype(np.float16)
-    image = cadence_to_image(cadence, panels, layout)
-    assert image.shape == shape == image_shape(panels, layout)
+    image = ImageRecipe(panels, layout).to_image(cadence)
+    assert image.shape == shape == ImageRecipe(panels, layout).shape
     assert image.dtype == np.float32
     if panels == "on" and layout == "stack":  # panel 2 (the second ON panel) sits in rows 273..545
         np.testing.assert_array_equal(image[0, 273:546], cadence[2].astype(np.float32))
@@ -75,7 +74,7 @@ def test_cadence_to_image_shapes(panels, layout, shape):
 def test_standardize_option_scales_each_panel():
     rng = np.random.default_rng(1)
     cadence = (rng.normal(size=CADENCE_SHAPE) * np.arange(1, 7)[:, None, None] + 5).astype(np.float32)
-    image = cadence_to_image(cadence, "all", "channels", standardize=True)
+    image = ImageRecipe("all", "channels", standardize=True).to_image(cadence)
     np.testing.assert_allclose(image.mean(axis=(1, 2)), 0.0, atol=1e-4)
     np.testing.assert_allclose(image.std(axis=(1, 2)), 1.0, atol=1e-4)
 
@@ -157,7 +156,7 @@ def test_unreadable_npy_is_rejected(tmp_path):
 def test_diff_layout_is_each_on_panel_minus_its_neighbouring_off_panels():
     rng = np.random.default_rng(1)
     cadence = rng.normal(size=CADENCE_SHAPE).astype(np.float32)
-    image = cadence_to_image(cadence, "on", "diff")[0]
+    image = ImageRecipe("on", "diff").to_image(cadence)[0]
     centred = cadence - np.median(cadence, axis=1, keepdims=True)  # per panel, per channel, over time
     expected = [
         centred[0] - centred[1],
@@ -174,7 +173,7 @@ def test_diff_layout_keeps_a_needle_and_cancels_what_on_and_off_share():
     cadence[:, 100:140, 50] = 5.0  # RFI: the same short line in all six panels
     cadence[[0, 2, 4], 10:60, 200] = 3.0  # a needle: ON panels only
     cadence[[1, 3, 5], 10:60, 20] = 3.0  # a decoy: OFF panels only
-    image = cadence_to_image(cadence, "on", "diff")[0]
+    image = ImageRecipe("on", "diff").to_image(cadence)[0]
     assert np.abs(image[:, 50]).max() == 0.0
     assert image[10:60, 200].min() == 3.0
     assert image[10:60, 20].max() < 0

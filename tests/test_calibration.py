@@ -10,7 +10,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from seti_fastai.data.cadence import KaggleData, cadence_to_image, load_cadence
+from seti_fastai.data.cadence import KaggleData, load_cadence
+from seti_fastai.data.layouts import ImageRecipe
 from seti_fastai.errors import ConfigError, RunDirError
 from seti_fastai.evaluate.calibrate import calibrate_runs
 from seti_fastai.evaluate.calibration import (
@@ -117,7 +118,9 @@ def test_predict_applies_each_runs_own_calibration(synth_data, run_copies):
 
     kaggle = KaggleData(root)
     ids = kaggle.read_labels("test")["id"].tolist()
-    x = torch.stack([torch.from_numpy(cadence_to_image(load_cadence(kaggle.cadence_path("test", i)))) for i in ids])
+    x = torch.stack(
+        [torch.from_numpy(ImageRecipe().to_image(load_cadence(kaggle.cadence_path("test", i)))) for i in ids]
+    )
     per_run = []
     for run in run_copies:
         _, model = load_run(run)

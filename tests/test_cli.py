@@ -284,8 +284,8 @@ def test_evaluate_mismatched_ids(synth_data, tmp_path):
     _, hidden = synth_data
     (tmp_path / "p.csv").write_text("id,target\nabc,0.5\n")
     one_line_error(run("evaluate", tmp_path / "p.csv", hidden / "test_labels.csv"), "ids do not match")
-    (tmp_path / "q.csv").write_text("id,score\nabc,0.5\n")
-    one_line_error(run("evaluate", tmp_path / "q.csv", hidden / "test_labels.csv"), "missing column(s) target")
+    (tmp_path / "q.csv").write_text("id,value\nabc,0.5\n")
+    one_line_error(run("evaluate", tmp_path / "q.csv", hidden / "test_labels.csv"), "no score column")
 
 
 @pytest.mark.parametrize("workers", [0, 2])

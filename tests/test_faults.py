@@ -25,7 +25,8 @@ from seti_fastai.cli import app
 from seti_fastai.config import build_config, save_config
 from seti_fastai.errors import ConfigError, RunDirError
 from seti_fastai.learn.callbacks import RunRecorder
-from seti_fastai.learn.train import run_state, train_fold
+from seti_fastai.learn.plan import run_state
+from seti_fastai.learn.train import train_fold
 from seti_fastai.model.checkpoint import load_checkpoint, load_weights
 from seti_fastai.model.models import build_model, create_backbone
 from seti_fastai.model.pretrained import is_network_error

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from seti_fastai.data.cadence import KaggleData, cadence_to_image, load_cadence
+from seti_fastai.data.cadence import KaggleData, load_cadence
+from seti_fastai.data.layouts import ImageRecipe
 from seti_fastai.errors import ConfigError, LabelFileError, RunDirError
 from seti_fastai.evaluate.calibration import calibrate, fit_temperature
 from seti_fastai.evaluate.metrics import bootstrap_auc, evaluate, expected_calibration_error, log_loss
@@ -42,7 +43,9 @@ def test_flip_tta_is_the_mean_of_explicitly_flipped_predictions(synth_data, trai
     _, model = load_run(run)
     kaggle = KaggleData(root)
     ids = kaggle.read_labels("test")["id"].tolist()
-    x = torch.stack([torch.from_numpy(cadence_to_image(load_cadence(kaggle.cadence_path("test", i)))) for i in ids])
+    x = torch.stack(
+        [torch.from_numpy(ImageRecipe().to_image(load_cadence(kaggle.cadence_path("test", i)))) for i in ids]
+    )
     with torch.no_grad():
         views = [x, x.flip(-1)]  # the frequency flip training used; training never flips time
         expected = np.mean([torch.sigmoid(log_odds(model(v))).numpy() for v in views], axis=0)

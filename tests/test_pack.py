@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 import seti_fastai.data.cadence as cadence_module
 from seti_fastai.cli import app
 from seti_fastai.config import build_config
-from seti_fastai.data.cadence import CADENCE_SHAPE, ON_PANELS, KaggleData, load_cadence, used_panels
+from seti_fastai.data.cadence import CADENCE_SHAPE, ON_PANELS, KaggleData, load_cadence
+from seti_fastai.data.layouts import ImageRecipe
 from seti_fastai.data.pack import array_path, open_packed, pack_split, packed_sources
 from seti_fastai.errors import CadenceFileError, ConfigError, DataLayoutError
 from seti_fastai.evaluate.predict import predict
@@ -67,7 +68,10 @@ def test_cadence_loader_gives_the_same_images_from_the_cache(tmp_path, panels, l
     pack_split(root, "train", tmp_path / "work")
     paths = [str(p) for p in KaggleData(root).paths("train", ids)]
     sources = packed_sources(root, paths, tmp_path / "work")
-    from_files, from_cache = CadenceLoader(panels, layout), CadenceLoader(panels, layout, packed=sources)
+    from_files, from_cache = (
+        CadenceLoader(ImageRecipe(panels, layout)),
+        CadenceLoader(ImageRecipe(panels, layout), packed=sources),
+    )
     for i, path in enumerate(paths):
         a, b = from_files(path), from_cache(path)
         assert a.shape == b.shape
@@ -156,14 +160,12 @@ def test_only_the_used_panels_are_read_and_checked(tmp_path, monkeypatch):
     monkeypatch.setattr(
         cadence_module.np, "load", lambda *a, **k: calls.append(k.get("mmap_mode")) or real_load(*a, **k)
     )
-    on = load_cadence(path, used_panels("on", "stack"))
+    on = load_cadence(path, ImageRecipe("on", "stack").source_panels)
     assert calls == ["r"], "a subset of panels is read through a memory map"
     np.testing.assert_array_equal(on, array[list(ON_PANELS)].astype(np.float32))
     with pytest.raises(CadenceFileError, match=r"abc\.npy: 1 NaN or infinite value"):
-        load_cadence(path, used_panels("on", "diff"))  # diff uses all six panels
-    with pytest.raises(CadenceFileError, match=r"abc\.npy: 1 NaN"):
-        load_cadence(path, used_panels("on", "stack", background="subtract"))
-    assert CadenceLoader("on", "stack")(str(path)).shape == (1, 819, 256)
+        load_cadence(path, ImageRecipe("on", "diff").source_panels)  # diff uses all six panels
+    assert CadenceLoader(ImageRecipe("on", "stack"))(str(path)).shape == (1, 819, 256)
 
 
 def test_training_dataloaders_read_the_cache(tmp_path, monkeypatch):

@@ -13,10 +13,11 @@ from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import AMPMode, MixedPrecision
 
-import seti_fastai.learn.train as train_mod
+import seti_fastai.learn.plan as plan_mod
 from seti_fastai.config import build_config
 from seti_fastai.errors import ConfigError
-from seti_fastai.learn.train import build_learner, device_precision, run_state, train_fold, uses_channels_last
+from seti_fastai.learn.plan import device_precision, run_state, uses_channels_last
+from seti_fastai.learn.train import build_learner, train_fold
 from seti_fastai.model.checkpoint import load_checkpoint, load_weights
 from seti_fastai.model.models import build_model
 
@@ -63,7 +64,7 @@ def test_no_cuda_means_fp32(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
 def test_learner_gets_the_matching_mixed_precision(monkeypatch, synth_data, tmp_path, precision):
-    monkeypatch.setattr(train_mod, "device_precision", lambda cfg: precision)
+    monkeypatch.setattr(plan_mod, "device_precision", lambda cfg: precision)
     learn = build_learner(cfg_for(synth_data[0], tmp_path), quiet=True)
     amp = [cb for cb in learn.cbs if isinstance(cb, MixedPrecision)]
     if precision == "fp32":

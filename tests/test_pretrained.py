@@ -18,7 +18,7 @@ from seti_fastai.cli import app
 from seti_fastai.config import TrainConfig, build_config, load_run_config, save_config
 from seti_fastai.errors import ConfigError
 from seti_fastai.evaluate.predict import load_run
-from seti_fastai.learn.train import resolve_pretrained
+from seti_fastai.learn.plan import resolve_pretrained
 from seti_fastai.model.models import build_model, create_backbone
 from seti_fastai.model.pretrained import pretrained_name, weights_file
 

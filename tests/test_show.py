@@ -14,7 +14,8 @@ from conftest import tiny_overrides
 from fastai.interpret import ClassificationInterpretation, Interpretation
 
 from seti_fastai.config import build_config
-from seti_fastai.data.cadence import CADENCE_SHAPE, cadence_to_image
+from seti_fastai.data.cadence import CADENCE_SHAPE
+from seti_fastai.data.layouts import ImageRecipe
 from seti_fastai.learn.datablock import get_dls
 from seti_fastai.learn.datablock import test_dl as unlabelled_dl  # not collected as a test
 from seti_fastai.learn.show import TensorCadence, TensorLabel, cadence_columns, show_batch, show_cadence
@@ -53,20 +54,20 @@ def _panel_cadence() -> np.ndarray:
     ],
 )
 def test_columns_put_on_panels_beside_off_panels(panels, layout, expected):
-    image = cadence_to_image(_panel_cadence(), panels, layout)
+    image = ImageRecipe(panels, layout).to_image(_panel_cadence())
     columns = cadence_columns(image, panels, layout)
     assert {name: [float(r.mean()) for r in rows] for name, rows in columns} == expected
     assert all(r.shape == (273, 256) for _, rows in columns for r in rows)
 
 
 def test_diff_layout_is_one_on_minus_off_column():
-    image = cadence_to_image(_panel_cadence(), "on", "diff")
+    image = ImageRecipe("on", "diff").to_image(_panel_cadence())
     columns = cadence_columns(image, "on", "diff")
     assert [name for name, _ in columns] == ["ON - OFF"] and len(columns[0][1]) == 3
 
 
 def test_show_cadence_draws_columns_side_by_side_with_their_names():
-    image = TensorCadence(torch.from_numpy(cadence_to_image(_panel_cadence(), "all", "channels")))
+    image = TensorCadence(torch.from_numpy(ImageRecipe("all", "channels").to_image(_panel_cadence())))
     ax = show_cadence(image, title="t")
     assert [t.get_text() for t in ax.get_xticklabels()] == ["ON", "OFF"] and ax.get_title() == "t"
     drawn = ax.images[0].get_array()

@@ -1,4 +1,4 @@
-"""Transforms: the albumentations wrapper (no clipping, reseeded per worker), SpecAugment, the cadence loader."""
+"""Transforms: the albumentations applier (no clipping, reseeded per worker), SpecAugment, the cadence loader."""
 
 from __future__ import annotations
 
@@ -10,13 +10,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from seti_fastai.data.cadence import KaggleData
 from seti_fastai.data.inject import NeedleSpec
-from seti_fastai.learn.transforms import (
-    AlbumentationsTransform,
-    CadenceLoader,
-    InjectNeedle,
-    SpecAugment,
-    recipe_pipeline,
-)
+from seti_fastai.data.layouts import ImageRecipe
+from seti_fastai.learn.augment import AlbumentationsTransform, AugRecipe, albumentations_pipelines
+from seti_fastai.learn.transforms import CadenceLoader, InjectNeedle
+
+
+def recipe(flip: float = 0.0, affine: float = 0.0, blur: float = 0.0, spec: float = 0.0, **extra) -> AugRecipe:
+    return AugRecipe(freq_flip_p=flip, affine_p=affine, motion_blur_p=blur, spec_augment_p=spec, **extra)
+
+
+def cpu_augment(aug: AugRecipe, h: int = 96, w: int = 64) -> AlbumentationsTransform:
+    return AlbumentationsTransform(aug, h, w)
 
 
 def _image(c: int = 1, h: int = 96, w: int = 64, seed: int = 0) -> TensorImage:
@@ -25,7 +29,7 @@ def _image(c: int = 1, h: int = 96, w: int = 64, seed: int = 0) -> TensorImage:
 
 @pytest.mark.parametrize("channels", [1, 3, 6])
 def test_recipe_keeps_shape_dtype_and_range(channels):
-    tfm = AlbumentationsTransform(recipe_pipeline(1.0, 1.0, 1.0))
+    tfm = cpu_augment(recipe(1.0, 1.0, 1.0))
     x = _image(channels) * 0.1
     x[:, :48] += 3.0  # a bright half and a dark half: blur keeps them, clipping to [0, 1] would not
     x[:, 48:] -= 3.0
@@ -33,12 +37,14 @@ def test_recipe_keeps_shape_dtype_and_range(channels):
     assert isinstance(y, TensorImage) and y.shape == x.shape and y.dtype == torch.float32
     assert y.max() > 2.5 and y.min() < -2.5
     assert not torch.equal(x, y)
-    raw = recipe_pipeline(1.0, 1.0, 1.0)(image=x.numpy().transpose(1, 2, 0).copy())["image"]
+    raw = albumentations_pipelines(recipe(1.0, 1.0, 1.0), 96, 64)[0][0](image=x.numpy().transpose(1, 2, 0).copy())[
+        "image"
+    ]
     assert raw.max() <= 1.0, "albumentations clips floats to [0, 1]; the wrapper exists to avoid that"
 
 
 def test_augmentations_apply_to_training_split_only():
-    tfm = AlbumentationsTransform(recipe_pipeline(1.0, 1.0, 1.0))
+    tfm = cpu_augment(recipe(1.0, 1.0, 1.0))
     x = _image()
     assert torch.equal(tfm(x, split_idx=1), x)
     tfm.enabled = False
@@ -47,7 +53,7 @@ def test_augmentations_apply_to_training_split_only():
 
 def test_spec_augment_zeroes_one_time_band_and_one_frequency_band():
     x = _image(1, 200, 100) + 10.0  # no natural zeros
-    tfm = SpecAugment(200, 100, alpha=0.2, p=1.0)
+    tfm = cpu_augment(recipe(spec=1.0, spec_alpha=0.2), 200, 100)
     zeros = [(tfm(x, split_idx=0)[0] == 0) for _ in range(20)]
     rows = [int(z.all(dim=1).sum()) for z in zeros]
     cols = [int(z.all(dim=0).sum()) for z in zeros]
@@ -67,7 +73,7 @@ class _SameImage(Dataset):
 
 
 def test_workers_and_epochs_draw_different_augmentations():
-    tfm = AlbumentationsTransform(recipe_pipeline(0.5, 1.0, 0.5))
+    tfm = cpu_augment(recipe(0.5, 1.0, 0.5))
     loader = DataLoader(_SameImage(tfm), batch_size=1, num_workers=2, shuffle=False)
     torch.manual_seed(0)
     epoch1 = [b[0] for b in loader]  # items alternate between worker 0 and worker 1
@@ -77,7 +83,7 @@ def test_workers_and_epochs_draw_different_augmentations():
 
 
 def test_same_torch_seed_gives_same_augmentation():
-    tfm = AlbumentationsTransform(recipe_pipeline(0.5, 1.0, 0.5))
+    tfm = cpu_augment(recipe(0.5, 1.0, 0.5))
     x = _image()
     torch.manual_seed(3)
     a = tfm(x, split_idx=0)
@@ -90,13 +96,14 @@ def test_same_torch_seed_gives_same_augmentation():
 def test_cadence_loader_makes_float32_image(synth_data):
     kaggle = KaggleData(synth_data[0])
     path = kaggle.cadence_path("train", kaggle.read_labels()["id"].iloc[0])
-    image = CadenceLoader("all", "channels")(path)
+    image = CadenceLoader(ImageRecipe("all", "channels"))(path)
     assert isinstance(image, TensorImage) and image.shape == (6, 273, 256) and image.dtype == torch.float32
-    assert CadenceLoader("on", "stack")(path).shape == (1, 819, 256)
+    assert CadenceLoader(ImageRecipe("on", "stack"))(path).shape == (1, 819, 256)
 
 
-def test_datablock_keeps_both_training_transforms(synth_data, tmp_path):
-    """fastai's DataBlock keeps one item transform per class; the recipe and SpecAugment must both survive."""
+def test_datablock_keeps_every_training_augmentation(synth_data, tmp_path):
+    """fastai's DataBlock keeps one item transform per class: one transform applies the whole recipe, SpecAugment
+    (not rescaled) in a pipeline of its own after the other three."""
     from seti_fastai.config import build_config
     from seti_fastai.learn.datablock import get_dls
 
@@ -106,13 +113,15 @@ def test_datablock_keeps_both_training_transforms(synth_data, tmp_path):
     finally:  # the shared data set stays as made: later tests copy it and expect no fold file
         for path in set(synth_data[0].glob("folds_*.csv")) - before:
             path.unlink()
-    kinds = [type(t).__name__ for t in dls.train.after_item.fs if isinstance(t, AlbumentationsTransform)]
-    assert kinds == ["AlbumentationsTransform", "SpecAugment"]
+    (tfm,) = [t for t in dls.train.after_item.fs if isinstance(t, AlbumentationsTransform)]
+    kinds = [[type(a).__name__ for a in pipeline.transforms] for pipeline, _ in tfm.pipelines]
+    assert kinds == [["HorizontalFlip", "Affine", "MotionBlur"], ["XYMasking"]]
+    assert [rescale for _, rescale in tfm.pipelines] == [True, False]
 
 
 def _injected(p: float, targets: list[float], seed: int = 0):
     torch.manual_seed(seed)
-    tfm = InjectNeedle(p, NeedleSpec(brightness=(1.0, 2.0)), panels="all", layout="channels")
+    tfm = InjectNeedle(p, NeedleSpec(brightness=(1.0, 2.0)), ImageRecipe("all", "channels"))
     x = _image(6, 273, 256)
     return x, [tfm((x, torch.tensor(t)), split_idx=0) for t in targets]
 
@@ -132,7 +141,7 @@ def test_injection_turns_negatives_into_positives_at_the_requested_rate():
 def test_injection_leaves_positives_validation_and_p0_alone():
     x, out = _injected(1.0, [1.0] * 5)
     assert all(torch.equal(img, x) and float(y) == 1.0 for img, y in out)
-    tfm = InjectNeedle(1.0, NeedleSpec(), panels="all", layout="channels")
+    tfm = InjectNeedle(1.0, NeedleSpec(), ImageRecipe("all", "channels"))
     img, y = tfm((x, torch.tensor(0.0)), split_idx=1)
     assert torch.equal(img, x) and float(y) == 0.0
     _, out = _injected(0.0, [0.0] * 20)
@@ -155,13 +164,13 @@ LAYOUTS = [("on", "stack"), ("all", "stack"), ("on", "channels"), ("all", "chann
 def _recipe_only(panels: str, layout: str, **extra) -> tuple[AlbumentationsTransform, TensorImage]:
     """The run's recipe transform with every shift/scale drawn, and a (C, H, W) image whose rows hold their index."""
     from seti_fastai.config import build_config
-    from seti_fastai.data.cadence import image_shape
-    from seti_fastai.learn.transforms import train_transforms
+    from seti_fastai.learn.augment import train_transforms
 
     values = dict(panels=panels, layout=layout, affine_p=1.0, freq_flip_p=1.0, motion_blur_p=0.0, spec_augment_p=0.0)
     cfg = build_config(overrides={**values, **extra})
-    c, h, w = image_shape(cfg.panels, cfg.layout)
-    (tfm,) = train_transforms(cfg, (h, w))
+    image = ImageRecipe.from_config(cfg)
+    c, h, w = image.shape
+    (tfm,) = train_transforms(AugRecipe.from_config(cfg, image), image)
     rows = torch.arange(h, dtype=torch.float32)[None, :, None].expand(c, h, w)
     return tfm, TensorImage(rows.contiguous())
 
@@ -204,7 +213,8 @@ def test_flip_tta_uses_only_the_flips_training_used(panels, layout):
     from seti_fastai.evaluate.predict import flip_views
 
     cfg = build_config(overrides=dict(panels=panels, layout=layout))
-    flips = [type(t).__name__ for t in recipe_pipeline().transforms if "Flip" in type(t).__name__]
+    pipelines = albumentations_pipelines(recipe(0.5, 0.5, 0.5, 0.5), 819, 256)
+    flips = [type(t).__name__ for pipeline, _ in pipelines for t in pipeline.transforms if "Flip" in type(t).__name__]
     assert flips == ["HorizontalFlip"]
     assert flip_views(cfg) == [(), (-1,)]
     assert flip_views(build_config(overrides=dict(panels=panels, layout=layout, freq_flip_p=0.0))) == [()]

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from seti_fastai.data.cadence import N_CHANNELS, SPLITS, KaggleData, open_cadence
+from seti_fastai.data.cadence import N_CHANNELS, SPLITS, KaggleData, open_cadence, split_layout
 from seti_fastai.errors import CadenceFileError, ConfigError, DataLayoutError
 
 FINGERPRINT_PANELS = (1, 5)  # OFF panels: no needles; far apart in time, so two independent hashes
@@ -40,6 +40,7 @@ MAX_HASH_COUNT = 64  # a hash value seen in more places is uninformative (e.g. c
 # Measured on 3,000 realistic synthetic cadences: true pairs (overlap >= 16) score >= 0.93, unrelated pairs and
 # wrong shifts of one strip <= 0.12 (200,000 drawn at random; noise std at 16 channels is 1 / 32); 0.5 splits the gap.
 DEFAULT_MIN_SIMILARITY = 0.5
+DEFAULT_MIN_OVERLAP = 16  # fewest overlapping channels of a pair (one key channel in KEY_STEP)
 QUERY_CHUNK = 1 << 16  # key queries expanded at a time (bounds the memory of the hits)
 FIT_ROW_STEP = 4  # subtraction fits each panel's affine map on every 4th row (69 x overlap pixels)
 VERIFY_CHUNK = 2048  # candidate pairs verified per vectorised step (2048 x 256 x 8 bytes = 4 MB per array)
@@ -184,10 +185,10 @@ def similarity(fps: np.ndarray, a: np.ndarray, b: np.ndarray, shift: np.ndarray)
 
 
 def match_fingerprints(
-    fps: np.ndarray, min_overlap: int = 16, min_similarity: float = DEFAULT_MIN_SIMILARITY
+    fps: np.ndarray, min_overlap: int = DEFAULT_MIN_OVERLAP, min_similarity: float = DEFAULT_MIN_SIMILARITY
 ) -> pd.DataFrame:
-    """Matched pairs of fingerprint rows, once each (a < b): columns a, b, shift, overlap, similarity."""
-    check_thresholds(min_overlap, min_similarity)
+    """Matched pairs of fingerprint rows, once each (a < b): columns a, b, shift, overlap, similarity (thresholds
+    checked by the caller, `match_cadences`)."""
     cand = candidates(fps, min_overlap)
     a, b, shift = cand.T
     pairs = pd.DataFrame({"a": a, "b": b, "shift": shift, "overlap": N_CHANNELS - np.abs(shift)})
@@ -237,10 +238,22 @@ def pairs_to_matches(pairs: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:
     return rows.reset_index(drop=True)[MATCH_COLUMNS]
 
 
+def splits_to_match(kaggle: KaggleData, splits: str | None = None) -> list[str]:
+    """The splits named in a comma list (each once, in order), or every split the data folder holds."""
+    chosen = [s for s in SPLITS if kaggle.has_split(s)]
+    if splits:
+        chosen = list(dict.fromkeys(s.strip() for s in splits.split(",") if s.strip()))
+    if not chosen:
+        raise DataLayoutError(f"{kaggle.root}: no split to match (no {', '.join(v.labels for v in SPLITS.values())})")
+    for split in chosen:
+        split_layout(split)
+    return chosen
+
+
 def match_cadences(
     kaggle: KaggleData,
     splits: list[str],
-    min_overlap: int = 16,
+    min_overlap: int = DEFAULT_MIN_OVERLAP,
     min_similarity: float = DEFAULT_MIN_SIMILARITY,
     workers: int = 0,
     progress: Progress = None,
@@ -371,7 +384,7 @@ def subtract_background(cadence: np.ndarray, partners: list[tuple[np.ndarray, in
 # Scoring against the synthetic set's truth
 
 
-def true_pairs(meta: pd.DataFrame, min_overlap: int = 16) -> pd.DataFrame:
+def true_pairs(meta: pd.DataFrame, min_overlap: int = DEFAULT_MIN_OVERLAP) -> pd.DataFrame:
     """Ordered (id, partner, shift) pairs of cadences cut from one strip, overlapping on >= min_overlap channels."""
     cols = meta[["id", "strip", "offset"]]
     pairs = cols.merge(cols, on="strip", suffixes=("", "_p"))
@@ -381,7 +394,7 @@ def true_pairs(meta: pd.DataFrame, min_overlap: int = 16) -> pd.DataFrame:
     return pairs[N_CHANNELS - shift.abs() >= min_overlap][["id", "partner", "shift"]].reset_index(drop=True)
 
 
-def matcher_scores(matches: pd.DataFrame, meta: pd.DataFrame, min_overlap: int = 16) -> dict:
+def matcher_scores(matches: pd.DataFrame, meta: pd.DataFrame, min_overlap: int = DEFAULT_MIN_OVERLAP) -> dict:
     """Precision and recall of `matches` against the truth in `meta` (split,id,strip,offset of the cadences matched).
 
     A predicted row is right when its pair shares a strip, overlaps, and its shift is offset_id - offset_partner;

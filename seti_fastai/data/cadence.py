@@ -1,4 +1,4 @@
-"""The Kaggle data layout: label CSVs, id -> file, loading and validating a cadence, cadence -> image.
+"""The Kaggle data layout: label CSVs, id -> file, loading and validating a cadence (images: `layouts.py`).
 
 Knows nothing about fastai or torch: everything here is numpy and pandas.
 """
@@ -22,8 +22,6 @@ ON_PANELS = (0, 2, 4)  # ABACAD: the target star is observed in panels 0, 2 and 
 OFF_PANELS = (1, 3, 5)
 ALLOWED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
 
-Panels = Literal["on", "all"]
-Layout = Literal["stack", "channels", "diff"]
 SplitName = Literal["train", "test", "old-train", "old-test"]
 
 _HEX_ID = re.compile(r"^[0-9a-f]+$")
@@ -152,6 +150,30 @@ class KaggleData:
     def paths(self, split: str, ids: list[str] | pd.Series) -> list[Path]:
         return [self.cadence_path(split, i) for i in ids]
 
+    def check_arrays(self, split: str, report_dir: Path | str, progress: Callable[[int], None] | None = None) -> None:
+        """Load every cadence of `split` (shape, dtype, NaN/inf); when any is bad, list them all in
+        `report_dir/bad_arrays_<split>.csv` and raise one error that counts them and names the first three."""
+        from seti_fastai.io import atomic_write_csv
+
+        paths = self.paths(split, self.read_labels(split)["id"])
+        bad: list[tuple[str, str]] = []
+        for path in paths:
+            try:
+                load_cadence(path)
+            except CadenceFileError as e:
+                bad.append((str(path), _first_line(e).removeprefix(f"{path}: ")))
+            if progress is not None:
+                progress(1)
+        if not bad:
+            return
+        report = Path(report_dir) / f"bad_arrays_{split}.csv"
+        try:
+            where = f"all listed in {atomic_write_csv(pd.DataFrame(bad, columns=['path', 'reason']), report)}"
+        except OSError as e:
+            where = f"no list written ({report}: {e.strerror or e})"
+        first = "; ".join(f"{p}: {r}" for p, r in bad[:3])
+        raise CadenceFileError(f"{len(bad)} of {len(paths)} cadence files are bad, {where}; first: {first}")
+
     def check_files(self, split: str, ids: list[str] | pd.Series) -> None:
         """Raise one error naming the first missing file (and how many are missing) of `ids`."""
         missing = [p for p in self.paths(split, ids) if not p.is_file()]
@@ -218,8 +240,9 @@ def check_finite(arr: np.ndarray, where: str) -> np.ndarray:
 def load_cadence(path: Path | str, panels: Sequence[int] | None = None) -> np.ndarray:
     """Load one cadence file and validate it: shape (6, 273, 256), float16/float32, all finite.
 
-    Returns float32 (albumentations' OpenCV kernels reject float16). With `panels` (indices, e.g. `used_panels(...)`)
-    only those panels are read, through a memory map, and checked for finiteness: shape (len(panels), 273, 256).
+    Returns float32 (albumentations' OpenCV kernels reject float16). With `panels` (indices, e.g. an image recipe's
+    `source_panels`) only those panels are read, through a memory map, and checked for finiteness: shape
+    (len(panels), 273, 256).
     """
     subset = panels is not None and tuple(panels) != tuple(range(N_PANELS))
     arr = open_cadence(path, mmap=subset)
@@ -229,22 +252,6 @@ def load_cadence(path: Path | str, panels: Sequence[int] | None = None) -> np.nd
         except (ValueError, OSError) as e:
             raise CadenceFileError(f"{path}: not a readable .npy array ({_first_line(e)})") from e
     return check_finite(arr.astype(np.float32, copy=False), str(path))
-
-
-def panel_indices(panels: Panels) -> tuple[int, ...]:
-    if panels == "on":
-        return ON_PANELS
-    if panels == "all":
-        return tuple(range(N_PANELS))
-    raise ValueError(f"panels must be 'on' or 'all', got {panels!r}")
-
-
-def used_panels(panels: Panels = "on", layout: Layout = "stack", background: str = "none") -> tuple[int, ...]:
-    """The panels an image of this setting is made from: `panel_indices(panels)`, or all six for `layout="diff"`
-    and for background subtraction (which fits every panel against its partner's)."""
-    if layout == "diff" or background == "subtract":
-        return tuple(range(N_PANELS))
-    return panel_indices(panels)
 
 
 def standardize_panels(cadence: np.ndarray, eps: float = 1e-6) -> np.ndarray:
@@ -262,55 +269,3 @@ def channel_medians(cadence: np.ndarray) -> np.ndarray:
     upper = np.partition(x, [(n - 1) // 2, n // 2], axis=-1)
     median = (upper[..., (n - 1) // 2] + upper[..., n // 2]) / 2
     return median[:, None, :]
-
-
-def on_minus_off(cadence: np.ndarray) -> np.ndarray:
-    """(6, T, F) -> (3, T, F): each ON panel minus the mean of its neighbouring OFF panels (ABACAD: 0 - 1,
-    2 - (1 + 3) / 2, 4 - (3 + 5) / 2), after removing each panel's per-channel median over time.
-
-    The median removes the bandpass and stationary RFI; the OFF subtraction removes what ON and OFF share, so a
-    needle (ON only) stays positive and an OFF-only decoy turns negative.
-    """
-    x = cadence - channel_medians(cadence)
-    return np.stack([x[0] - x[1], x[2] - (x[1] + x[3]) / 2, x[4] - (x[3] + x[5]) / 2]).astype(np.float32)
-
-
-def image_shape(panels: Panels = "on", layout: Layout = "stack") -> tuple[int, int, int]:
-    """(C, H, W) of the image `cadence_to_image` makes."""
-    n = len(panel_indices(panels))
-    if layout == "diff":
-        return (1, len(ON_PANELS) * N_TIMES, N_CHANNELS)
-    if layout == "stack":
-        return (1, n * N_TIMES, N_CHANNELS)
-    if layout == "channels":
-        return (n, N_TIMES, N_CHANNELS)
-    raise ValueError(f"layout must be 'stack', 'channels' or 'diff', got {layout!r}")
-
-
-def cadence_to_image(
-    cadence: np.ndarray, panels: Panels = "on", layout: Layout = "stack", standardize: bool = False
-) -> np.ndarray:
-    """Turn a (6, 273, 256) cadence into a float32 (C, H, W) image.
-
-    `panels`: "on" keeps panels 0, 2, 4; "all" keeps the six. `layout`: "stack" puts the panels one under the other
-    along time in one channel (819 x 256 or 1638 x 256); "channels" keeps one panel per channel; "diff" stacks the
-    three ON-minus-OFF panels of `on_minus_off` (819 x 256) and reads all six panels whatever `panels` says.
-    `cadence` may also hold just the panels `panels` picks, in order (as `load_cadence(path, used_panels(...))` reads).
-    """
-    if layout == "diff":
-        if len(cadence) != N_PANELS:
-            raise ValueError(f"layout='diff' needs the six panels; got {len(cadence)}")
-        chosen = standardize_panels(cadence) if standardize else cadence
-        return np.ascontiguousarray(on_minus_off(chosen).reshape(1, -1, cadence.shape[-1]))
-    indices = panel_indices(panels)
-    chosen = cadence[list(indices)] if len(cadence) == N_PANELS else cadence  # else loaded with these panels only
-    if len(chosen) != len(indices):
-        raise ValueError(f"panels={panels!r} needs 6 panels or its own {len(indices)}; got {len(cadence)}")
-    chosen = chosen.astype(np.float32, copy=False)
-    if standardize:
-        chosen = standardize_panels(chosen)
-    if layout == "stack":
-        return np.ascontiguousarray(chosen.reshape(1, -1, chosen.shape[-1]))
-    if layout == "channels":
-        return np.ascontiguousarray(chosen)
-    raise ValueError(f"layout must be 'stack', 'channels' or 'diff', got {layout!r}")

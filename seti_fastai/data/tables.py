@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from seti_fastai.data.cadence import KaggleData, read_id_numbers
+from seti_fastai.data.cadence import KaggleData, read_id_csv, read_id_numbers
 from seti_fastai.errors import LabelFileError
 
 
@@ -31,3 +31,23 @@ def read_pseudo_labels(
         if cadence_id not in test_ids:
             raise LabelFileError(f"{path}: row {i + 2}: id {cadence_id} is not in {data.labels_path('test')}")
     return pd.DataFrame({"id": ids, "target": target if (target % 1).any() else target.astype(np.int64)})
+
+
+SCORE_COLUMNS = ("logit", "score", "target")  # oof.csv, dedoppler_<split>.csv, submission.csv and blends
+
+
+def read_scores(path: Path | str) -> pd.DataFrame:
+    """`id, score` from any CSV the toolkit writes that scores cadences: its `logit` column (oof.csv), else `score`
+    (dedoppler_<split>.csv), else `target` (submission.csv, a blend, pseudo-labels); the ids checked as
+    `read_id_csv` checks them, every score a finite number. `attrs["column"]` names the column read."""
+    path = Path(path)
+    read_id_csv(path, require_target=False)  # the file and its ids: one clear error for each way they are bad
+    header = pd.read_csv(path, nrows=0, encoding="utf-8-sig").columns.str.strip()
+    column = next((c for c in SCORE_COLUMNS if c in header), None)
+    if column is None:
+        raise LabelFileError(f"{path}: no score column (one of {', '.join(SCORE_COLUMNS)})")
+    scores = read_id_numbers(path, column, lambda s: np.ones(len(s), bool), "a number").rename(
+        columns={column: "score"}
+    )
+    scores.attrs["column"] = column
+    return scores

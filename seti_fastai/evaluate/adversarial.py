@@ -30,6 +30,7 @@ PANEL_STATS = ("mean", "std", "min", "q01", "q50", "q99", "max", "skew", "kurtos
 CADENCE_STATS = ("onoff_max", "onoff_min", "onoff_std", "on_col_energy", "off_col_energy")
 FEATURES = tuple(f"p{p}_{s}" for p in range(6) for s in PANEL_STATS) + CADENCE_STATS
 WEIGHT_CLIP = (0.1, 10.0)
+TEST_LIKE_SEED = 777  # the fold seed under which adversarial_folds.csv is used as a 2-fold split
 
 
 def cadence_features(cadence: np.ndarray) -> np.ndarray:

@@ -15,30 +15,13 @@ from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
 from seti_fastai.data.cadence import read_id_csv
+from seti_fastai.data.tables import read_scores
 from seti_fastai.errors import ConfigError, LabelFileError
-
-SCORE_COLUMNS = ("logit", "score", "target")  # oof.csv, dedoppler_<split>.csv, submission.csv
-
-
-def read_scores(path: Path | str) -> pd.Series:
-    """One score per id from a CSV: its `logit` column (oof.csv), else `score` (dedoppler), else `target`."""
-    path = Path(path)
-    df = read_id_csv(path, require_target=False)
-    raw = pd.read_csv(path, dtype={"id": str})
-    column = next((c for c in SCORE_COLUMNS if c in raw.columns), None)
-    if column is None:
-        raise LabelFileError(f"{path}: no score column (one of {', '.join(SCORE_COLUMNS)})")
-    values = pd.to_numeric(raw[column], errors="coerce").to_numpy(float)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise LabelFileError(f"{path}: row {i + 2}: {column} {raw[column].iloc[i]} is not a number")
-    return pd.Series(values, index=df["id"].to_numpy(), name=str(path))
 
 
 def aligned(paths: list[Path | str]) -> tuple[np.ndarray, np.ndarray]:
     """Ids of the first file and an (n_files, n_ids) score matrix; every other file must hold those ids."""
-    series = [read_scores(p) for p in paths]
+    series = [read_scores(p).set_index("id")["score"].rename(str(p)) for p in paths]
     ids = series[0].index.to_numpy()
     for path, s in zip(paths[1:], series[1:], strict=True):
         missing = pd.Index(ids).difference(s.index)
@@ -89,3 +72,25 @@ def blend(paths: list[Path | str], weights: np.ndarray) -> pd.DataFrame:
     """`id, target` for the ids of the first file: the rank blend of all files' scores."""
     ids, scores = aligned(paths)
     return pd.DataFrame({"id": ids, "target": rank_blend(scores, check_weights(list(weights), len(paths)))})
+
+
+def choose_weights(
+    n_inputs: int, weights: str | None = None, valid: list[Path] | None = None, labels: Path | None = None
+) -> tuple[list[float], dict | None]:
+    """The blend weights of `seti-fastai blend`: a comma list (`weights`), tuned on validation scores of the same
+    inputs (`valid` with `labels`: `tune_weight`'s result comes back too), or equal."""
+    if valid and weights:
+        raise ConfigError("give --weights or --valid, not both")
+    if valid:
+        if labels is None:
+            raise ConfigError("--valid needs --labels (id,target of the validation cadences)")
+        if len(valid) != n_inputs:
+            raise ConfigError(f"--valid: {len(valid)} file(s) for {n_inputs} input(s); give one per input, in order")
+        tuned = tune_weight(valid, labels)
+        return tuned["weights"], tuned
+    if weights:
+        try:
+            return [float(w) for w in weights.split(",")], None
+        except ValueError:
+            raise ConfigError(f"--weights: not a comma list of numbers: {weights!r}") from None
+    return [1.0] * n_inputs, None

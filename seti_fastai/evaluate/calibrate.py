@@ -16,13 +16,13 @@ from seti_fastai.errors import ConfigError, RunDirError
 from seti_fastai.evaluate.calibration import COMBINES, RUN_TTAS, fit_run, fit_temperature, write_run_calibration
 from seti_fastai.evaluate.calibration import combine as _combine
 from seti_fastai.evaluate.metrics import scores
-from seti_fastai.evaluate.predict import check_run_dir, flip_views, inference_dl, load_run, predict_views
+from seti_fastai.evaluate.predict import TrainedRun, flip_views, inference_dl, load_model, predict_views, read_run
 from seti_fastai.learn.datablock import run_packed, run_partners
 from seti_fastai.model.heads import logit_np, sigmoid_np
 
 
 def oof_views(
-    run_dir: Path | str,
+    run: TrainedRun,
     tta: str = "none",
     data: Path | str | None = None,
     bs: int = 64,
@@ -31,13 +31,11 @@ def oof_views(
     progress: Callable[[int], None] | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """A run's validation cadences (the ids and targets of its oof.csv) and their log-odds (n_views, n), predicted
-    with the TTA views `predict` uses. `data`: the data root [default: the run's own `--data`]."""
-    if tta not in RUN_TTAS:
-        raise ConfigError(f"per-run calibration needs --tta none or flips; got {tta!r}")
-    cfg, model = load_run(run_dir)
-    oof_path = Path(run_dir) / "oof.csv"
+    with the TTA views (`none` or `flips`) `predict` uses. `data`: the data root [default: the run's own `--data`]."""
+    cfg, model = run.cfg, load_model(run)
+    oof_path = run.run_dir / "oof.csv"
     if not oof_path.is_file():
-        raise RunDirError(f"{run_dir}: oof.csv not found (not a finished run directory)")
+        raise RunDirError(f"{run.run_dir}: oof.csv not found (not a finished run directory)")
     oof = read_id_csv(oof_path, require_target=True)
     data = cfg.data if data is None else data
     split = "old-test" if cfg.stage == "pretrain" else "train"  # where training found the validation cadences
@@ -46,7 +44,7 @@ def oof_views(
     paths = [str(p) for p in kaggle.paths(split, oof["id"].tolist())]
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     partners = run_partners(cfg, data)
-    dl = inference_dl(cfg, paths, bs, workers, dev, partners, run_packed(cfg, paths, partners, data))
+    dl = inference_dl(run, paths, bs, workers, dev, partners, run_packed(cfg, paths, partners, data))
     views = flip_views(cfg) if tta == "flips" else [()]
     return oof[["id", "target"]], predict_views(model, dl, views, dev, progress)
 
@@ -68,12 +66,15 @@ def calibrate_runs(
     (`raw`, `calibrated`)."""
     if combine not in COMBINES:
         raise ConfigError(f"combine must be one of {', '.join(COMBINES)}; got {combine!r}")
+    if tta not in RUN_TTAS:
+        raise ConfigError(f"per-run calibration needs --tta none or flips; got {tta!r}")
     if not run_dirs:
         raise RunDirError("no run directory given")
-    run_dirs = [check_run_dir(r) for r in run_dirs]
+    runs = [read_run(r) for r in run_dirs]
+    run_dirs = [run.run_dir for run in runs]
     records, frames = [], []
-    for run_dir in run_dirs:
-        oof, views = oof_views(run_dir, tta, data, bs, workers, device, progress)
+    for run_dir, run in zip(run_dirs, runs, strict=True):
+        oof, views = oof_views(run, tta, data, bs, workers, device, progress)
         y = oof["target"].to_numpy(float)
         try:
             cal, record = fit_run(views, y, tta, combine)

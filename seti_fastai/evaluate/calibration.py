@@ -228,6 +228,9 @@ class Resolved(NamedTuple):
         return "no calibration"
 
 
+NO_CALIBRATION = Resolved("none", None, 1.0, "")
+
+
 def resolve_calibration(run_dirs: list[Path | str], mode: str | Path, tta: str, rule: str) -> Resolved:
     """`mode`: auto (per-run when every run has its calibration.json, else the pooled file beside the runs when
     present, else none), per-run, pooled, none, or the path of a pooled calibration file."""
@@ -246,7 +249,7 @@ def resolve_calibration(run_dirs: list[Path | str], mode: str | Path, tta: str, 
             pooled = calibration_path(run_dirs)
             mode = "pooled" if pooled.is_file() else "none"
     if mode == "none":
-        return Resolved("none", None, 1.0, "")
+        return NO_CALIBRATION
     if mode == "per-run":
         if tta not in RUN_TTAS:
             raise ConfigError(

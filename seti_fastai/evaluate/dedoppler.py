@@ -14,7 +14,6 @@ import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,48 +30,14 @@ from seti_fastai.data.cadence import (
     ON_PANELS,
     KaggleData,
     load_cadence,
-    read_id_csv,
 )
 from seti_fastai.data.folds import folds_name, read_folds
+from seti_fastai.data.tables import read_scores
 from seti_fastai.errors import ConfigError, LabelFileError
+from seti_fastai.evaluate.drift_grid import DedopplerConfig
 from seti_fastai.io import derived_path
 
-MAX_TERMS = 100_000_000  # nonzeros of the sparse drift map (about 12 bytes each)
 MAD_TO_STD = 1.4826  # the MAD of a normal distribution times this is its standard deviation
-
-
-@dataclass(frozen=True)
-class DedopplerConfig:
-    """The drift grid (channels per row, both signs) and how panels are combined."""
-
-    max_drift: float = 0.12  # the synthetic needles drift up to 0.12 channels per row
-    drift_step: float = 0.004  # half a step of error smears a path by 0.5 channel over a panel, 1.7 over the cadence
-    gap_rows: int = 12  # rows of slew between panels (the synthetic set's SLEW_ROWS; 0 scores the same within noise)
-    pool: int = 3  # max-pool half-width (channels): absorbs the quantisation above and bends of curved needles
-    row_median: bool = False  # also remove each row's median (broadband bursts): no measurable gain
-
-    def validate(self) -> None:
-        if not (math.isfinite(self.max_drift) and self.max_drift >= 0):
-            raise ConfigError(f"max drift must be a finite number >= 0, got {self.max_drift}")
-        if not (math.isfinite(self.drift_step) and self.drift_step > 0):
-            raise ConfigError(f"drift step must be > 0, got {self.drift_step}: the drift grid would be empty")
-        if self.max_drift / self.drift_step > 1e5 or self.size() > MAX_TERMS:
-            n = math.floor(self.max_drift / self.drift_step) * 2 + 1
-            raise ConfigError(
-                f"drift grid too large ({n} drifts up to {self.max_drift}): raise the step or lower the max"
-            )
-        if self.gap_rows < 0 or self.pool < 0:
-            raise ConfigError(f"gap rows and pool must be >= 0, got {self.gap_rows} and {self.pool}")
-
-    def drifts(self) -> np.ndarray:
-        """The drift grid: -n*step .. n*step with n*step <= max_drift (always holds 0 once valid)."""
-        n = math.floor(self.max_drift / self.drift_step + 1e-9)
-        return np.arange(-n, n + 1) * self.drift_step
-
-    def size(self) -> int:
-        """About how many nonzeros the drift map holds: two per block of rows that share a shift, per channel."""
-        blocks = np.minimum(N_TIMES, np.abs(self.drifts()) * N_TIMES + 1)
-        return int(2 * N_PANELS * N_CHANNELS * blocks.sum())
 
 
 def path_terms(cfg: DedopplerConfig, drift: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -194,20 +159,6 @@ def score_files(
                 progress(len(x))
     score, drift, channel = (torch.cat(p).numpy() if p else np.zeros(0) for p in parts)
     return pd.DataFrame({"score": score, "drift": drift.round(6), "channel": channel.astype(np.int64)})
-
-
-def read_scores(path: Path | str) -> pd.DataFrame:
-    """A score file (`id,score,...`, or a prediction file `id,target`) as `id,score`; every score a number."""
-    ids = read_id_csv(path, require_target=False)
-    raw = pd.read_csv(path, dtype={"id": str})
-    column = "score" if "score" in raw.columns else "target"
-    if column not in raw.columns:
-        raise LabelFileError(f"{path}: missing column score (or target)")
-    score = pd.to_numeric(raw[column], errors="coerce").to_numpy(float)
-    bad = np.flatnonzero(~np.isfinite(score))
-    if len(bad):
-        raise LabelFileError(f"{path}: row {bad[0] + 2}: {column} {raw[column].iloc[bad[0]]} is not a number")
-    return ids.assign(score=score)
 
 
 def scores_on(path: Path | str, labels: pd.DataFrame) -> pd.DataFrame:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from seti_fastai.data.cadence import read_id_csv
+from seti_fastai.data.tables import read_scores
 from seti_fastai.errors import LabelFileError
 from seti_fastai.model.heads import logit_np, sigmoid_np
 
@@ -38,20 +39,6 @@ def scores(z: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return dict(auc=auc, logloss=log_loss(z, y), ece=expected_calibration_error(sigmoid_np(z), y))
 
 
-def read_predictions(path: Path | str) -> pd.DataFrame:
-    """A predictions CSV: unique ids and a finite `target` score per row."""
-    df = read_id_csv(path, require_target=False)
-    raw = pd.read_csv(path, dtype={"id": str})
-    if "target" not in raw.columns:
-        raise LabelFileError(f"{path}: missing column(s) target")
-    score = pd.to_numeric(raw["target"], errors="coerce")
-    bad = ~np.isfinite(score.to_numpy(float))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise LabelFileError(f"{path}: row {i + 2}: target {raw['target'].iloc[i]} is not a number")
-    return df.assign(target=score.to_numpy(float))
-
-
 def match_labels(predictions: pd.DataFrame, labels: pd.DataFrame, pred_path, label_path) -> pd.DataFrame:
     """Join on id; the two files must hold exactly the same ids."""
     missing = sorted(set(labels["id"]) - set(predictions["id"]))
@@ -61,7 +48,7 @@ def match_labels(predictions: pd.DataFrame, labels: pd.DataFrame, pred_path, lab
             f"{pred_path}: ids do not match {label_path}: {len(missing)} missing (e.g. {missing[:1]}), "
             f"{len(extra)} not in the labels (e.g. {extra[:1]})"
         )
-    return labels.merge(predictions.rename(columns={"target": "score"}), on="id")
+    return labels.merge(predictions[["id", "score"]], on="id")
 
 
 def bootstrap_auc(
@@ -84,13 +71,15 @@ def bootstrap_auc(
 
 
 def evaluate(pred_path: Path | str, label_path: Path | str, n_boot: int = 1000) -> dict:
-    predictions = read_predictions(pred_path)
+    """ROC AUC with its bootstrap interval of a score file (any the toolkit writes, `read_scores`) against labels;
+    log-loss and ECE too when the scores are the `target` probabilities of a prediction file."""
+    predictions = read_scores(pred_path)
     labels = read_id_csv(label_path, require_target=True)
     joined = match_labels(predictions, labels, pred_path, label_path)
     y, score = joined["target"].to_numpy(), joined["score"].to_numpy()
     auc, lo, hi = bootstrap_auc(y, score, n_boot)
     result = dict(auc=auc, ci_low=lo, ci_high=hi, n=len(joined), positives=int(y.sum()))
-    if score.min() >= 0 and score.max() <= 1:
+    if predictions.attrs["column"] == "target" and score.min() >= 0 and score.max() <= 1:
         z = logit_np(score)
         result.update(logloss=log_loss(z, y), ece=expected_calibration_error(score, y))
     return result

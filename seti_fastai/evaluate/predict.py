@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,17 +24,27 @@ from fastai.data.transforms import ColReader
 from fastai.learner import Learner
 
 from seti_fastai.config import TrainConfig, load_run_config
-from seti_fastai.data.cadence import KaggleData, image_shape, read_id_csv
+from seti_fastai.data.cadence import KaggleData, read_id_csv
+from seti_fastai.data.layouts import ImageRecipe
 from seti_fastai.data.pack import PackedSources
 from seti_fastai.errors import ConfigError, RunDirError
-from seti_fastai.evaluate.calibration import COMBINES, RunCalibration, check_run_calibration
+from seti_fastai.evaluate.calibration import (
+    COMBINES,
+    NO_CALIBRATION,
+    Resolved,
+    RunCalibration,
+    check_run_calibration,
+    resolve_calibration,
+)
 from seti_fastai.evaluate.calibration import combine as _combine
 from seti_fastai.io import atomic_write_csv
+from seti_fastai.learn.augment import AugRecipe, train_transforms
 from seti_fastai.learn.datablock import loader_kwargs, run_packed, run_partners
-from seti_fastai.learn.transforms import CadenceLoader, Partners, train_transforms
+from seti_fastai.learn.transforms import CadenceLoader, Partners
 from seti_fastai.model.checkpoint import load_weights
 from seti_fastai.model.heads import SetiLoss, log_odds, logit_np, sigmoid_np
 from seti_fastai.model.models import SetiModel, build_model
+from seti_fastai.model.pretrained import check_arch
 from seti_fastai.model.resize import Resize
 
 
@@ -46,42 +57,61 @@ def check_run_dir(run_dir: Path | str) -> Path:
     return run_dir
 
 
-def load_run(run_dir: Path | str) -> tuple[TrainConfig, SetiModel]:
-    """Rebuild a trained model from `config.yaml` + `model.pth` (no network: pretrained weights are not fetched)."""
+@dataclass(frozen=True)
+class TrainedRun:
+    """A finished run directory with its configuration and the recipes it trained with, read once."""
+
+    run_dir: Path
+    cfg: TrainConfig
+    image: ImageRecipe
+    aug: AugRecipe
+
+
+def read_run(run_dir: Path | str) -> TrainedRun:
+    """The configuration of a finished run directory and its recipes (no weights are read)."""
     run_dir = check_run_dir(run_dir)
     cfg = load_run_config(run_dir)
-    offline = dataclasses.replace(cfg, pretrained=False, pretrained_weights=None, init_from=None)
-    model = build_model(offline, in_chans=image_shape(cfg.panels, cfg.layout)[0])
+    check_arch(cfg.pretrained_source or cfg.arch)
+    image = ImageRecipe.from_config(cfg)
+    return TrainedRun(run_dir, cfg, image, AugRecipe.from_config(cfg, image))
+
+
+def load_model(run: TrainedRun) -> SetiModel:
+    """Rebuild a trained model from `config.yaml` + `model.pth` (no network: pretrained weights are not fetched)."""
+    offline = dataclasses.replace(run.cfg, pretrained=False, pretrained_weights=None, init_from=None)
+    model = build_model(offline, in_chans=run.image.in_chans)
     try:
-        model.load_state_dict(load_weights(run_dir / "model.pth"))
+        model.load_state_dict(load_weights(run.run_dir / "model.pth"))
     except RuntimeError as e:
-        raise RunDirError(f"{run_dir / 'model.pth'}: does not match config.yaml ({str(e).splitlines()[0]})") from e
-    return cfg, model.eval()
+        raise RunDirError(f"{run.run_dir / 'model.pth'}: does not match config.yaml ({str(e).splitlines()[0]})") from e
+    return model.eval()
 
 
-def _layout(cfg: TrainConfig) -> tuple[str, str, bool]:
-    return (cfg.panels, cfg.layout, cfg.standardize)
+def load_run(run_dir: Path | str) -> tuple[TrainConfig, SetiModel]:
+    """A run directory's configuration and trained model."""
+    run = read_run(run_dir)
+    return run.cfg, load_model(run)
 
 
-def check_same_layout(run_dirs: list[Path], cfgs: list[TrainConfig]) -> None:
+def check_same_layout(runs: list[TrainedRun]) -> None:
     """Runs in one ensemble must read cadences the same way (panels, layout, standardisation)."""
-    first = _layout(cfgs[0])
-    for run_dir, cfg in zip(run_dirs, cfgs, strict=True):
-        if _layout(cfg) != first:
+    first = runs[0].image.image_key
+    for run in runs:
+        if run.image.image_key != first:
             raise ConfigError(
-                f"{run_dir}: image layout {'/'.join(map(str, _layout(cfg)))} differs from {run_dirs[0]} "
-                f"({'/'.join(map(str, first))}); predict each layout separately and average the CSVs"
+                f"{run.run_dir}: image layout {'/'.join(map(str, run.image.image_key))} differs from "
+                f"{runs[0].run_dir} ({'/'.join(map(str, first))}); predict each layout separately and average the CSVs"
             )
 
 
-def flip_views(cfg: TrainConfig) -> list[tuple[int, ...]]:
+def flip_views(cfg: TrainConfig | AugRecipe) -> list[tuple[int, ...]]:
     """The flips training used, as TTA views: the plain image, and the frequency (width) flip when the run trained
     with it. Never time: training never flips time, so the model has not seen time-reversed needles."""
     return [(), (-1,)] if cfg.freq_flip_p > 0 else [()]
 
 
 def inference_dl(
-    cfg: TrainConfig,
+    run: TrainedRun,
     paths: list[str],
     bs: int,
     workers: int,
@@ -91,9 +121,8 @@ def inference_dl(
 ) -> TfmdDL:
     """Un-shuffled DataLoader over cadence files (or their packed cache), carrying the run's training augmentations
     (used by fastai's TTA only when it switches the dataset to the training split)."""
-    _, h, w = image_shape(cfg.panels, cfg.layout)
     items = pd.DataFrame({"path": paths})
-    loader = CadenceLoader(cfg.panels, cfg.layout, cfg.standardize, partners, packed)
+    loader = CadenceLoader(run.image, partners, packed)
     dsets = Datasets(items, tfms=[[ColReader("path"), loader]], do_setup=False)  # setup would read a cadence
     return TfmdDL(
         dsets,
@@ -102,7 +131,7 @@ def inference_dl(
         drop_last=False,
         num_workers=workers,
         device=device,
-        after_item=train_transforms(cfg, (h, w)),
+        after_item=train_transforms(run.aug, run.image),
         **loader_kwargs(device),
     )
 
@@ -176,31 +205,32 @@ def resolve_ids(data: Path | str, split: str = "test", ids_file: Path | str | No
     return ids
 
 
-def check_inputs(
-    run_dirs: list[Path | str],
-    data: Path | str,
-    split: str,
-    ids_file: Path | str | None,
-    tta: str,
-    combine: str,
-    temperature: float,
-) -> tuple[list[Path], list[str]]:
-    """Every check `predict` makes before it loads a model: options, run directories, layouts, ids and files.
-    Returns (run directories, ids to predict)."""
-    if combine not in COMBINES:
-        raise ConfigError(f"combine must be one of {', '.join(COMBINES)}; got {combine!r}")
+def check_tta(tta: str) -> None:
     if tta not in ("none", "flips") and not (tta.isdigit() and int(tta) >= 1):
         raise ConfigError(f"tta must be none, flips or a number of passes; got {tta!r}")
-    if temperature <= 0:
-        raise ConfigError(f"temperature must be positive; got {temperature}")
-    if not run_dirs:
-        raise RunDirError("no run directory given")
-    run_dirs = [check_run_dir(r) for r in run_dirs]
-    check_same_layout(run_dirs, [load_run_config(r) for r in run_dirs])
-    return run_dirs, resolve_ids(data, split, ids_file)
 
 
-def predict(
+@dataclass(frozen=True)
+class PredictionPlan:
+    """Everything a prediction needs, checked once before any model is loaded: the runs (same image layout), the ids
+    to predict (their files exist), the TTA views, the combine rule and the calibration of each run."""
+
+    runs: tuple[TrainedRun, ...]
+    data: Path
+    split: str
+    ids: tuple[str, ...]
+    tta: str = "none"
+    combine: str = "prob"
+    beta: float = 0.25
+    calibration: Resolved = NO_CALIBRATION
+    packed: str = "auto"
+
+    @property
+    def paths(self) -> list[str]:
+        return [str(p) for p in KaggleData(self.data).paths(self.split, list(self.ids))]
+
+
+def plan_prediction(
     run_dirs: list[Path | str],
     data: Path | str,
     split: str = "test",
@@ -208,52 +238,92 @@ def predict(
     tta: str = "none",
     combine: str = "prob",
     beta: float = 0.25,
-    temperature: float = 1.0,
+    calibration: str | Path | Resolved = "none",
+    packed: str = "auto",
+) -> PredictionPlan:
+    """Check the options, the run directories, their layouts, the ids and their files, and resolve the calibration
+    (`calibration`: a mode or file for `resolve_calibration`, or one already resolved)."""
+    if combine not in COMBINES:
+        raise ConfigError(f"combine must be one of {', '.join(COMBINES)}; got {combine!r}")
+    check_tta(tta)
+    if not run_dirs:
+        raise RunDirError("no run directory given")
+    runs = [read_run(r) for r in run_dirs]
+    check_same_layout(runs)
+    ids = resolve_ids(data, split, ids_file)
+    if not isinstance(calibration, Resolved):
+        calibration = resolve_calibration([r.run_dir for r in runs], calibration, tta, combine)
+    return PredictionPlan(tuple(runs), Path(data), split, tuple(ids), tta, combine, beta, calibration, packed)
+
+
+def run_prediction(
+    plan: PredictionPlan,
     bs: int = 64,
     workers: int = 0,
     device: str | None = None,
     progress: Callable[[int], None] | None = None,
-    run_calibrations: list[RunCalibration] | None = None,
-    packed: str = "auto",
 ) -> pd.DataFrame:
-    """`id, target` (probability) for every id, in order, averaged over runs. `tta`: none, flips, or an integer N
-    (fastai TTA with N augmented passes). `run_calibrations` (one per run, `resolve_calibration`): each run's views
-    become `z / T + b` before views and runs are combined; `temperature` divides the combined log-odds. `packed`:
-    auto reads the split's packed cache when there is one (beside the data or in the first run's `out` folder), on
-    requires it, off reads the files."""
-    run_dirs, ids = check_inputs(run_dirs, data, split, ids_file, tta, combine, temperature)
+    """`id, target` (probability) for every id of the plan, in order, averaged over runs. Each run's views get its
+    calibration `z / T + b` before views and runs are combined; a pooled temperature divides the combined log-odds."""
+    models = [load_model(run) for run in plan.runs]
+    paths = plan.paths
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    per_run_cal = plan.calibration.runs
+    # runs that make the same image from a cadence (all do but for background settings) share one DataLoader:
+    # each cadence is read once and goes through every run's model and views
+    groups: dict[tuple, list[int]] = {}
+    for i, run in enumerate(plan.runs):
+        cfg = run.cfg
+        groups.setdefault((cfg.background, cfg.matches, cfg.out, cfg.max_partners), []).append(i)
+    per_run: list[np.ndarray | None] = [None] * len(models)
+    for members in groups.values():
+        first = plan.runs[members[0]]
+        partners = run_partners(first.cfg, plan.data)  # matches.csv is read once per setting, not once per fold
+        sources = run_packed(first.cfg, paths, partners, plan.data, plan.packed)
+        if plan.tta.isdigit():  # fastai's TTA draws each run's own augmentations: one DataLoader pass per run
+            for i in members:
+                run_dl = inference_dl(plan.runs[i], paths, bs, workers, dev, partners, sources)
+                per_run[i] = predict_fastai_tta(
+                    plan.runs[i].cfg, models[i], run_dl, int(plan.tta), plan.beta, plan.combine
+                )
+            continue
+        dl = inference_dl(first, paths, bs, workers, dev, partners, sources)
+        views = [flip_views(plan.runs[i].cfg) if plan.tta == "flips" else [()] for i in members]
+        zs = predict_views_runs([models[i] for i in members], dl, views, dev, progress)
+        for i, z in zip(members, zs, strict=True):
+            if per_run_cal is not None:
+                z = per_run_cal[i].apply(z)
+            per_run[i] = _combine(z, plan.combine)
+    z = _combine(np.stack(per_run), plan.combine) / plan.calibration.temperature
+    return pd.DataFrame({"id": list(plan.ids), "target": sigmoid_np(z)})
+
+
+def predict(
+    run_dirs: list[Path | str],
+    data: Path | str,
+    temperature: float = 1.0,
+    run_calibrations: list[RunCalibration] | None = None,
+    bs: int = 64,
+    workers: int = 0,
+    device: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    **options,
+) -> pd.DataFrame:
+    """`plan_prediction` then `run_prediction`, for a calibration given as values: `run_calibrations` (one per run)
+    and a pooled `temperature`. `options` are `plan_prediction`'s: `split`, `ids_file`, `tta` (none, flips, or an
+    integer N: fastai TTA with N augmented passes), `combine`, `beta`, `packed` (auto reads the split's packed cache
+    when there is one, on requires it, off reads the files)."""
+    if temperature <= 0:
+        raise ConfigError(f"temperature must be positive; got {temperature}")
     if run_calibrations is not None:
         if len(run_calibrations) != len(run_dirs):
             raise ConfigError(f"{len(run_calibrations)} run calibrations for {len(run_dirs)} runs")
         for cal in run_calibrations:
-            check_run_calibration(cal, tta, combine)
-    loaded = [load_run(r) for r in run_dirs]
-    paths = [str(p) for p in KaggleData(data).paths(split, ids)]
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    # runs that make the same image from a cadence (all do but for background settings) share one DataLoader:
-    # each cadence is read once and goes through every run's model and views
-    groups: dict[tuple, list[int]] = {}
-    for i, (cfg, _) in enumerate(loaded):
-        groups.setdefault((cfg.background, cfg.matches, cfg.out, cfg.max_partners), []).append(i)
-    per_run: list[np.ndarray | None] = [None] * len(loaded)
-    for members in groups.values():
-        cfg = loaded[members[0]][0]
-        partners = run_partners(cfg, data)  # matches.csv is read once per setting, not once per fold
-        sources = run_packed(cfg, paths, partners, data, packed)
-        if tta.isdigit():  # fastai's TTA draws each run's own augmentations: one DataLoader pass per run
-            for i in members:
-                run_dl = inference_dl(loaded[i][0], paths, bs, workers, dev, partners, sources)
-                per_run[i] = predict_fastai_tta(loaded[i][0], loaded[i][1], run_dl, int(tta), beta, combine)
-            continue
-        dl = inference_dl(cfg, paths, bs, workers, dev, partners, sources)
-        views = [flip_views(loaded[i][0]) if tta == "flips" else [()] for i in members]
-        zs = predict_views_runs([loaded[i][1] for i in members], dl, views, dev, progress)
-        for i, z in zip(members, zs, strict=True):
-            if run_calibrations is not None:
-                z = run_calibrations[i].apply(z)
-            per_run[i] = _combine(z, combine)
-    z = _combine(np.stack(per_run), combine) / temperature
-    return pd.DataFrame({"id": ids, "target": sigmoid_np(z)})
+            check_run_calibration(cal, options.get("tta", "none"), options.get("combine", "prob"))
+    mode = "none" if run_calibrations is None and temperature == 1.0 else "given"
+    calibration = Resolved(mode, run_calibrations, temperature, "")
+    plan = plan_prediction(run_dirs, data, calibration=calibration, **options)
+    return run_prediction(plan, bs, workers, device, progress)
 
 
 def write_submission(predictions: pd.DataFrame, path: Path | str) -> Path:

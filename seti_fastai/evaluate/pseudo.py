@@ -9,14 +9,15 @@ The reader of the pseudo-label file, `read_pseudo_labels`, is in `seti_fastai.da
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from seti_fastai.config import load_run_config
 from seti_fastai.errors import ConfigError
+from seti_fastai.evaluate.predict import PredictionPlan, run_prediction
 
 DEFAULT_POS, DEFAULT_NEG = 0.9, 0.1
 
@@ -95,8 +96,6 @@ class Selection:
 
 def next_round(run_dirs: list[Path | str]) -> int:
     """1 + the highest `round` of the pseudo-label files the runs trained with (1 for runs trained without)."""
-    from seti_fastai.config import load_run_config
-
     rounds = [0]
     for run_dir in run_dirs:
         pseudo = load_run_config(run_dir).pseudo
@@ -106,26 +105,9 @@ def next_round(run_dirs: list[Path | str]) -> int:
     return max(rounds) + 1
 
 
-def pseudo_label(
-    run_dirs: list[Path | str],
-    data: Path | str,
-    selection: Selection,
-    tta: str = "none",
-    temperature: float = 1.0,
-    bs: int = 64,
-    workers: int = 0,
-    device: str | None = None,
-    progress: Callable[[int], None] | None = None,
-    run_calibrations: list | None = None,
-) -> pd.DataFrame:
-    """Predict the test split with the runs (fold mean; each run calibrated first with `run_calibrations`, see
-    `calibration.resolve_calibration`) and keep the confident cadences: `id, target, prob, round`."""
-    from seti_fastai.evaluate.predict import check_inputs, predict
-
-    selection.validate()
-    check_inputs(run_dirs, data, "test", None, tta, "prob", temperature)  # before any model is loaded
-    predictions = predict(
-        run_dirs, data, "test", tta=tta, temperature=temperature, bs=bs, workers=workers, device=device,
-        progress=progress, run_calibrations=run_calibrations,
-    )  # fmt: skip
-    return selection.select(predictions, next_round(run_dirs))
+def pseudo_label(plan: PredictionPlan, selection: Selection, **run_options) -> pd.DataFrame:
+    """Predict the test split as `plan` says (fold mean, each run calibrated first; `run_options` are
+    `run_prediction`'s: bs, workers, device, progress) and keep the confident cadences of a validated `selection`:
+    `id, target, prob, round`."""
+    predictions = run_prediction(plan, **run_options)
+    return selection.select(predictions, next_round([run.run_dir for run in plan.runs]))

@@ -1,32 +1,24 @@
-"""The training augmentations as one fastai batch transform, run on the device (`--aug-device gpu`).
+"""The torch forms of the training augmentations, on a batch on the device (`--aug-device gpu`): pure functions that
+`augment.py`'s augmentation classes call with their recipe's probabilities and ranges. Each draws per sample as its
+albumentations form (the CPU path) does:
 
-The same recipe as the albumentations path of `transforms.py` (`recipe_pipeline`, then `spec_augment_pipeline`),
-drawn per sample with the same probabilities and ranges, so the DataLoader workers only load:
-
-- frequency flip (width) with `freq_flip_p`;
-- shift/scale with `affine_p`: shift U(-0.1, 0.1) of the width (whole pixels, truncated, as albumentations does),
-  scale U(0.9, 1.1) about the image centre, independently on the time axis where `time_shift` allows it, no
-  rotation; bilinear, border reflected without repeating the edge pixel (`BORDER_REFLECT_101`);
-- motion blur with `motion_blur_p`: albumentations' line kernel (odd size 3..7, angle, direction bias, random shift
+- frequency flip (width);
+- shift/scale: a shift U(-s, s) of the axis (whole pixels, truncated, as albumentations does), a scale drawn from the
+  recipe's range about the image centre, independently on the time axis where `time_shift` allows it, no rotation;
+  bilinear, border reflected without repeating the edge pixel (`BORDER_REFLECT_101`);
+- motion blur: albumentations' line kernel (odd size in the recipe's range, angle, direction bias, random shift
   when `time_shift`; a centred horizontal line otherwise), normalised, reflected border;
-- SpecAugment with `spec_augment_p`: one frequency band and one time band, each of a length drawn from
-  0..int(alpha * axis) and a position drawn so that it fits, set to 0.
+- SpecAugment: one frequency band and one time band, each of a length drawn from 0..int(alpha * axis) and a
+  position drawn so that it fits, set to 0.
 
-Images arrive as float batches (B, C, H, W) in the units of the data: every step is linear or geometric, so the
-[0, 1] rescaling of the CPU path (needed there for albumentations' clipping) changes nothing here. Random numbers
-come from torch's generator of the batch's device, which `EpochSeed` seeds every epoch.
+Images arrive as float batches (B, C, H, W) in the units of the data. Random numbers come from torch's generator of
+the batch's device.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from fastai.data.transforms import DisplayedTransform
-from fastai.torch_core import TensorImage
-
-from seti_fastai.learn.transforms import AlbumentationsTransform, mixes_on_and_off, training_item_transforms
-
-MAX_BLUR = 7  # largest motion-blur kernel (albumentations' blur_limit=(3, 7))
 
 
 def _uniform(n: int, low: float, high: float, device: torch.device) -> torch.Tensor:
@@ -44,12 +36,22 @@ def freq_flip(x: torch.Tensor, p: float) -> torch.Tensor:
     return torch.where(flip, x.flip(-1), x)
 
 
-def affine_params(n: int, height: int, width: int, time_shift: bool, device: torch.device) -> torch.Tensor:
-    """(n, 4) shift x, shift y (pixels), scale x, scale y, drawn as `A.Affine` of `recipe_pipeline` draws them."""
-    tx = torch.trunc(_uniform(n, -0.1, 0.1, device) * width)
-    ty = torch.trunc(_uniform(n, -0.05, 0.05, device) * height) if time_shift else torch.zeros(n, device=device)
-    sx = _uniform(n, 0.9, 1.1, device)
-    sy = _uniform(n, 0.9, 1.1, device) if time_shift else torch.ones(n, device=device)
+def affine_params(
+    n: int,
+    height: int,
+    width: int,
+    time_shift: bool,
+    device: torch.device,
+    shift: tuple[float, float],
+    scale: tuple[float, float],
+) -> torch.Tensor:
+    """(n, 4) shift x, shift y (pixels), scale x, scale y, drawn as `A.Affine` draws them: shifts up to `shift`
+    (shares of width, height), scales in `scale`."""
+    (sx_max, sy_max), (lo, hi) = shift, scale
+    tx = torch.trunc(_uniform(n, -sx_max, sx_max, device) * width)
+    ty = torch.trunc(_uniform(n, -sy_max, sy_max, device) * height) if time_shift else torch.zeros(n, device=device)
+    sx = _uniform(n, lo, hi, device)
+    sy = _uniform(n, lo, hi, device) if time_shift else torch.ones(n, device=device)
     return torch.stack([tx, ty, sx, sy], dim=1)
 
 
@@ -64,25 +66,28 @@ def warp(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
 
 
-def shift_scale(x: torch.Tensor, p: float, time_shift: bool) -> torch.Tensor:
+def shift_scale(
+    x: torch.Tensor, p: float, time_shift: bool, shift: tuple[float, float], scale: tuple[float, float]
+) -> torch.Tensor:
     idx = _chosen(x.shape[0], p, x.device)
     if len(idx) == 0:
         return x
     x = x.clone()
-    x[idx] = warp(x[idx], affine_params(len(idx), x.shape[2], x.shape[3], time_shift, x.device))
+    x[idx] = warp(x[idx], affine_params(len(idx), x.shape[2], x.shape[3], time_shift, x.device, shift, scale))
     return x
 
 
-def motion_kernels(n: int, time_shift: bool, device: torch.device) -> torch.Tensor:
-    """(n, 7, 7) normalised motion-blur kernels, built as albumentations' `create_motion_kernel` builds them (a
-    k x k kernel, k odd in 3..7, centred in the 7 x 7)."""
-    k = (3 + 2 * torch.randint(0, 3, (n,), device=device)).float()
+def motion_kernels(n: int, time_shift: bool, device: torch.device, sizes: tuple[int, int]) -> torch.Tensor:
+    """(n, K, K) normalised motion-blur kernels, K the largest of the odd `sizes`, built as albumentations'
+    `create_motion_kernel` builds them (a k x k kernel, k odd in `sizes`, centred in the K x K)."""
+    smallest, largest = sizes
+    k = (smallest + 2 * torch.randint(0, (largest - smallest) // 2 + 1, (n,), device=device)).float()
     angle = _uniform(n, 0.0, 360.0, device) if time_shift else torch.zeros(n, device=device)
     direction = _uniform(n, -1.0, 1.0, device)
     half = torch.div(k, 2, rounding_mode="floor")  # line_length and the centre of the k x k kernel
     t_start = torch.where(direction > 0, -half * (1 - direction), -half)
     t_end = torch.where(direction < 0, half * (1 - direction.abs()), half)
-    i = torch.arange(MAX_BLUR, device=device).float()
+    i = torch.arange(largest, device=device).float()
     valid = i[None] < k[:, None]
     t = t_start[:, None] + (t_end - t_start)[:, None] * i[None] / (k[:, None] - 1)
     rad = torch.deg2rad(angle)
@@ -93,28 +98,28 @@ def motion_kernels(n: int, time_shift: bool, device: torch.device) -> torch.Tens
     top = k[:, None] - 1
     xs = torch.minimum(torch.round(xs).clamp_min(0), top)
     ys = torch.minimum(torch.round(ys).clamp_min(0), top)
-    offset = ((MAX_BLUR - k) / 2)[:, None]
-    flat = ((ys + offset) * MAX_BLUR + xs + offset).long()
+    offset = ((largest - k) / 2)[:, None]
+    flat = ((ys + offset) * largest + xs + offset).long()
     flat = torch.where(valid, flat, flat[:, :1])  # unused points repeat the first one
-    kernel = torch.zeros(n, MAX_BLUR * MAX_BLUR, device=device).scatter_(1, flat, 1.0)
-    return (kernel / kernel.sum(1, keepdim=True)).view(n, MAX_BLUR, MAX_BLUR)
+    kernel = torch.zeros(n, largest * largest, device=device).scatter_(1, flat, 1.0)
+    return (kernel / kernel.sum(1, keepdim=True)).view(n, largest, largest)
 
 
 def blur(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     """Correlate each image (all its channels) with its own kernel, border reflected (cv2.filter2D's default)."""
     n, c, h, w = x.shape
-    r = MAX_BLUR // 2
+    r = kernels.shape[-1] // 2
     padded = F.pad(x.reshape(1, n * c, h, w), (r, r, r, r), mode="reflect")
     weight = kernels.to(x.dtype).repeat_interleave(c, dim=0)[:, None]
     return F.conv2d(padded, weight, groups=n * c).view(n, c, h, w)
 
 
-def motion_blur(x: torch.Tensor, p: float, time_shift: bool) -> torch.Tensor:
+def motion_blur(x: torch.Tensor, p: float, time_shift: bool, sizes: tuple[int, int]) -> torch.Tensor:
     idx = _chosen(x.shape[0], p, x.device)
     if len(idx) == 0:
         return x
     x = x.clone()
-    x[idx] = blur(x[idx], motion_kernels(len(idx), time_shift, x.device))
+    x[idx] = blur(x[idx], motion_kernels(len(idx), time_shift, x.device, sizes))
     return x
 
 
@@ -137,59 +142,3 @@ def spec_augment(x: torch.Tensor, p: float, alpha: float) -> torch.Tensor:
     in_y = (rows[None] >= fy[:, None]) & (rows[None] < (fy + ly)[:, None])
     masked = (in_x[:, None, None, :] | in_y[:, None, :, None]) & apply
     return x.masked_fill(masked, 0.0)
-
-
-class BatchAugment(DisplayedTransform):
-    """The training augmentations on a batch on the device; the validation split is untouched (`split_idx = 0`).
-    `enabled` switches it off (the `AugmentationOff` callback does so for the last epochs)."""
-
-    split_idx = 0  # training set only
-    order = 5
-
-    def __init__(
-        self,
-        freq_flip_p: float = 0.5,
-        affine_p: float = 0.5,
-        motion_blur_p: float = 0.5,
-        spec_augment_p: float = 0.5,
-        spec_alpha: float = 0.1,
-        time_shift: bool = True,
-    ):
-        super().__init__()
-        self.freq_flip_p, self.affine_p, self.motion_blur_p = freq_flip_p, affine_p, motion_blur_p
-        self.spec_augment_p, self.spec_alpha, self.time_shift = spec_augment_p, spec_alpha, time_shift
-        self.enabled = True
-
-    def encodes(self, x: TensorImage):  # no return type: fastai would cast TensorCadence back to TensorImage
-        if not self.enabled:
-            return x
-        out = x.as_subclass(torch.Tensor)
-        if self.freq_flip_p > 0:
-            out = freq_flip(out, self.freq_flip_p)
-        if self.affine_p > 0:
-            out = shift_scale(out, self.affine_p, self.time_shift)
-        if self.motion_blur_p > 0:
-            out = motion_blur(out, self.motion_blur_p, self.time_shift)
-        if self.spec_augment_p > 0:
-            out = spec_augment(out, self.spec_augment_p, self.spec_alpha)
-        kept = type(x)(out)  # the input's own type (TensorCadence) and metadata, for show_batch
-        kept.__dict__.update(x.__dict__)
-        return kept
-
-
-def batch_augment(cfg) -> BatchAugment | None:
-    """The `BatchAugment` of a config (None when every augmentation probability is 0)."""
-    ps = (cfg.freq_flip_p, cfg.affine_p, cfg.motion_blur_p, cfg.spec_augment_p)
-    if max(ps) <= 0:
-        return None
-    return BatchAugment(*ps, cfg.spec_alpha, time_shift=not mixes_on_and_off(cfg.panels, cfg.layout))
-
-
-def augmentations(cfg, image_hw: tuple[int, int]) -> tuple[list, list]:
-    """(item_tfms, batch_tfms) of a config's training split: with `aug_device=gpu` the items keep only what is not
-    an augmentation (needle injection) and the augmentations run on batches."""
-    items = training_item_transforms(cfg, image_hw)
-    if getattr(cfg, "aug_device", "cpu") != "gpu":
-        return items, []
-    batch = batch_augment(cfg)
-    return [t for t in items if not isinstance(t, AlbumentationsTransform)], [] if batch is None else [batch]

@@ -20,11 +20,10 @@ import torch
 from fastai.callback.core import Callback
 from fastai.torch_core import set_seed
 
-from seti_fastai.io import atomic_path, atomic_write_csv
-from seti_fastai.learn.batch_augment import BatchAugment
+from seti_fastai.io import atomic_write_csv
+from seti_fastai.learn.augment import Switchable
 from seti_fastai.learn.distributed import all_reduce_sum, is_main, rank, unwrap_dl, unwrap_model
-from seti_fastai.learn.transforms import AlbumentationsTransform
-from seti_fastai.model.checkpoint import _plain, plain_opt_state
+from seti_fastai.model.checkpoint import save_resume, save_weights
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -55,7 +54,7 @@ class EpochSeed(Callback):
         unwrap_dl(self.dls.train).rng = random.Random(s)  # the DataLoader inside DDP's `DistributedDL`
 
 
-class MixUpOr(Callback):
+class MixUpOr(Callback, Switchable):
     """Mixup on a share `p` of training batches: x = lam * x + (1 - lam) * x[perm], lam ~ Beta(alpha, alpha).
 
     The label is `max(y, y[perm])` (a needle in either image makes a needle) or the weighted mean (`lerp`).
@@ -68,7 +67,7 @@ class MixUpOr(Callback):
     def __init__(self, alpha: float = 1.0, p: float = 0.5, label: str = "max"):
         if label not in ("max", "lerp"):
             raise ValueError(f"label must be 'max' or 'lerp', got {label!r}")
-        self.alpha, self.p, self.label, self.enabled = alpha, p, label, True
+        self.alpha, self.p, self.label = alpha, p, label
 
     def before_batch(self) -> None:
         if not self.enabled or self.p <= 0 or torch.rand(()).item() >= self.p:
@@ -96,7 +95,8 @@ class ProgressiveResize(Callback):
 
 
 class AugmentationOff(Callback):
-    """Switch the training augmentations (and mixup) off for the last `last` epochs."""
+    """Switch the training augmentations (and mixup) off for the last `last` epochs: every `Switchable` transform of
+    the training DataLoader and every `Switchable` callback."""
 
     order = -5
 
@@ -106,12 +106,9 @@ class AugmentationOff(Callback):
     def before_epoch(self) -> None:
         on = self.epoch < self.n_epoch - self.last
         train_dl = unwrap_dl(self.dls.train)
-        for tfm in [*train_dl.after_item.fs, *train_dl.after_batch.fs]:
-            if isinstance(tfm, AlbumentationsTransform | BatchAugment):
-                tfm.enabled = on
-        for cb in self.learn.cbs:
-            if isinstance(cb, MixUpOr):
-                cb.enabled = on
+        for switchable in [*train_dl.after_item.fs, *train_dl.after_batch.fs, *self.learn.cbs]:
+            if isinstance(switchable, Switchable):
+                switchable.enabled = on
 
 
 class RunRecorder(Callback):
@@ -175,20 +172,9 @@ class RunRecorder(Callback):
             return
         atomic_write_csv(pd.DataFrame(self.rows), self.run_dir / "history.csv")
         if improved:
-            with atomic_path(self.run_dir / "model.pth") as tmp:
-                torch.save(model.state_dict(), tmp)
-        checkpoint = dict(
-            model=model.state_dict(),
-            opt=plain_opt_state(self.opt),
-            epoch=self.epoch,
-            best=self.best,
-            best_epoch=self.best_epoch,
-        )
+            save_weights(model, self.run_dir / "model.pth")
         scaler = getattr(self.learn, "scaler", None)  # fastai's MixedPrecision (fp16) holds a GradScaler there
-        if scaler is not None and scaler.is_enabled():
-            checkpoint["scaler"] = _plain(scaler.state_dict())
-        with atomic_path(self.run_dir / "last.pth") as tmp:
-            torch.save(checkpoint, tmp)
+        save_resume(self.run_dir / "last.pth", model, self.opt, self.epoch, self.best, self.best_epoch, scaler)
 
 
 class RestoreScaler(Callback):

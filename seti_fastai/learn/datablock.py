@@ -14,12 +14,13 @@ from fastai.data.core import DataLoaders, TfmdDL
 from fastai.data.transforms import ColReader, ColSplitter
 
 from seti_fastai.config import TrainConfig
-from seti_fastai.data.cadence import KaggleData, image_shape, read_id_numbers
+from seti_fastai.data.cadence import KaggleData, read_id_numbers
 from seti_fastai.data.folds import check_fold, load_or_make_folds
+from seti_fastai.data.layouts import ImageRecipe
 from seti_fastai.data.pack import PackedSources, packed_sources
 from seti_fastai.errors import DataLayoutError, LabelFileError
 from seti_fastai.io import derived_path
-from seti_fastai.learn.batch_augment import augmentations
+from seti_fastai.learn.augment import AugRecipe, augmentations
 from seti_fastai.learn.transforms import CadenceLoader, Partners, to_float_target
 
 
@@ -131,11 +132,16 @@ def loader_kwargs(device=None) -> dict:
     return dict(pin_memory=cuda)
 
 
-def data_block(cfg: TrainConfig, partners: Partners | None = None, packed: PackedSources | None = None) -> DataBlock:
-    _, h, w = image_shape(cfg.panels, cfg.layout)
-    item_tfms, batch_tfms = augmentations(cfg, (h, w))  # --aug-device gpu: augmentations move to batch_tfms
+def data_block(
+    cfg: TrainConfig,
+    image: ImageRecipe,
+    aug: AugRecipe,
+    partners: Partners | None = None,
+    packed: PackedSources | None = None,
+) -> DataBlock:
+    item_tfms, batch_tfms = augmentations(cfg, image, aug)  # --aug-device gpu: augmentations move to batch_tfms
     return DataBlock(
-        blocks=(TransformBlock(type_tfms=CadenceLoader(cfg.panels, cfg.layout, cfg.standardize, partners, packed)),
+        blocks=(TransformBlock(type_tfms=CadenceLoader(image, partners, packed)),
                 TransformBlock(type_tfms=to_float_target)),
         get_x=ColReader("path"),
         get_y=ColReader("target"),
@@ -145,13 +151,23 @@ def data_block(cfg: TrainConfig, partners: Partners | None = None, packed: Packe
     )  # fmt: skip
 
 
-def get_dls(cfg: TrainConfig, items: pd.DataFrame | None = None, bs: int | None = None, device=None) -> DataLoaders:
+def get_dls(
+    cfg: TrainConfig,
+    items: pd.DataFrame | None = None,
+    bs: int | None = None,
+    device=None,
+    image: ImageRecipe | None = None,
+    aug: AugRecipe | None = None,
+) -> DataLoaders:
     """Train/valid DataLoaders. With `cfg.pos_share`, training batches are drawn with replacement so that the
     minority class makes up about that share of each batch; with `cfg.sample_weights`, each cadence within its class
-    in proportion to its weight."""
+    in proportion to its weight. `image` and `aug`: the run's resolved recipes (a `RunPlan` passes its own), else
+    resolved here from `cfg`."""
     items = training_items(cfg) if items is None else items
+    image = image or ImageRecipe.from_config(cfg)
+    aug = aug or AugRecipe.from_config(cfg, image)
     partners = run_partners(cfg)
-    block = data_block(cfg, partners, run_packed(cfg, items["path"], partners))
+    block = data_block(cfg, image, aug, partners, run_packed(cfg, items["path"], partners))
     kwargs = dict(bs=bs or cfg.bs, num_workers=cfg.workers, device=device, **loader_kwargs(device))
     importance = read_sample_weights(cfg.sample_weights, items["id"]) if cfg.sample_weights else None
     if cfg.pos_share is None and importance is None:

@@ -26,12 +26,12 @@ def check_logs(cfg: TrainConfig) -> None:
 @contextlib.contextmanager
 def experiment_logs(cfg: TrainConfig, run_dir: Path) -> Iterator[list[Callback]]:
     """fastai's logging callbacks for `cfg.log`, writing inside `run_dir` on rank 0 only: `log.csv` (`CSVLogger`),
-    `tensorboard/` (`TensorBoardCallback`), `wandb/` (`WandbCallback`, offline: nothing leaves the machine)."""
+    `tensorboard/` (`TensorBoardCallback`), `wandb/` (`WandbCallback`, offline: nothing leaves the machine); the
+    packages were checked by the run plan (`check_logs`)."""
     cbs: list[Callback] = []
     if rank_distrib() != 0 or not cfg.log:
         yield cbs
         return
-    check_logs(cfg)
     wandb_run = None
     if "csv" in cfg.log:
         from fastai.callback.progress import CSVLogger

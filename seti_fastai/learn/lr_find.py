@@ -18,8 +18,8 @@ from seti_fastai.config import TrainConfig
 from seti_fastai.errors import ConfigError, RunDirError
 from seti_fastai.io import atomic_write_json, save_figure
 from seti_fastai.learn.distributed import world_size
-from seti_fastai.learn.train import build_learner, resolve_pretrained
-from seti_fastai.model.pretrained import check_arch
+from seti_fastai.learn.plan import RunPlan, plan_run
+from seti_fastai.learn.train import build_learner
 
 
 def _suggestions(lrs: np.ndarray, losses: np.ndarray) -> dict[str, float | None]:
@@ -34,15 +34,14 @@ def _suggestions(lrs: np.ndarray, losses: np.ndarray) -> dict[str, float | None]
     return out
 
 
-def run_lr_find(cfg: TrainConfig, quiet: bool = False) -> dict[str, Any]:
+def run_lr_find(plan: RunPlan | TrainConfig, quiet: bool = False) -> dict[str, Any]:
     """Run fastai's lr_find on the run's data and model; write lr_find.png/json in the run directory."""
-    cfg.validate()
     if world_size() > 1:
         raise ConfigError("lr-find runs in one process: start it with python or seti-fastai, not accelerate/torchrun")
-    run_dir = cfg.run_dir()
-    check_arch(cfg.arch)
-    learn = build_learner(resolve_pretrained(cfg), quiet=quiet)
-    learn.lr_find(num_it=cfg.lr_find_iters, show_plot=False, suggest_funcs=())
+    plan = plan if isinstance(plan, RunPlan) else plan_run(plan, fresh=False)
+    run_dir = plan.run_dir
+    learn = build_learner(plan, quiet=quiet)
+    learn.lr_find(num_it=plan.cfg.lr_find_iters, show_plot=False, suggest_funcs=())
     lrs = np.array(learn.recorder.lrs, dtype=float)
     losses = np.array([float(v) for v in learn.recorder.losses], dtype=float)
     if len(lrs) < 2:

@@ -1,8 +1,10 @@
-"""fastai's show idioms for cadences: `dls.show_batch()`, `learn.show_results()`, `Interpretation.plot_top_losses()`.
+"""The cadence tensor types (`TensorCadence`, `TensorLabel`) and fastai's show idioms for them: `dls.show_batch()`,
+`learn.show_results()`, `Interpretation.plot_top_losses()`.
 
-A cadence is drawn as the synthetic-set preview draws it (`seti_fastai.evaluate.plots.plot_cadences`): the ON panels
-stacked in time beside the OFF panels, viridis on the standardised scale [-2.5, 4], a white line between panels; the
-`diff` layout (ON minus OFF) in a diverging map centred on 0. One axis per cadence, so fastai's grids and titles work
+A cadence is drawn as the synthetic-set preview draws it (`seti_fastai.evaluate.plots.plot_cadences`), in the
+columns its layout gives (`data.layouts`): the ON panels stacked in time beside the OFF panels, viridis on the
+standardised scale [-2.5, 4], a white line between panels; a diverging layout (`diff`: ON minus OFF) in a map centred
+on 0. One axis per cadence, so fastai's grids and titles work
 unchanged: the title holds the label (and for results the prediction, green when right, red when wrong).
 
 The `@dispatch` functions below extend fastai's own `show_batch`, `show_results` and `plot_top_losses` (plum
@@ -26,10 +28,11 @@ from fastai.torch_core import TensorBase, TensorImage, show_title
 from fastai.vision.data import get_grid
 from plum import dispatch  # fastai's dispatcher (fastai.imports)
 
-from seti_fastai.data.cadence import N_TIMES, OFF_PANELS, ON_PANELS
+from seti_fastai.data.cadence import N_TIMES
+from seti_fastai.data.layouts import Columns, ImageRecipe, get_layout
 
 CMAP, VMIN, VMAX = "viridis", -2.5, 4.0  # evaluate/plots.plot_cadences: standardised panels
-DIFF_CMAP, DIFF_LIM = "RdBu_r", 4.0  # ON - OFF: a needle red, an OFF-only signal blue
+DIFF_CMAP, DIFF_LIM = "RdBu_r", 4.0  # a diverging layout (ON - OFF): a needle red, an OFF-only signal blue
 GAP = 24  # pixels between two columns
 CELL_HEIGHT = 4.6  # inches per cadence in a grid
 
@@ -51,26 +54,20 @@ class TensorLabel(TensorBase):
         return show_title(f"{prefix} {float(self):g}", ctx=ctx, **kwargs)
 
 
-def cadence_columns(image: np.ndarray, panels: str | None = None, layout: str | None = None) -> list[tuple[str, list]]:
-    """The columns to draw for a (C, H, W) image: (name, its 273-row panels top to bottom).
-
-    Six panels (`panels=all`, stacked or one per channel) give ON (0, 2, 4) beside OFF (1, 3, 5); three give ON only;
-    `layout=diff` gives one "ON - OFF" column. Any other shape: one column per channel, side by side.
-    """
+def cadence_columns(image: np.ndarray, panels: str | None = None, layout: str | None = None) -> Columns:
+    """The columns to draw for a (C, H, W) image: (name, its 273-row panels top to bottom), as its layout draws them
+    (`Layout.columns`: ON beside OFF; `diff`: one "ON - OFF" column). Without `layout` it is read from the shape (one
+    channel of stacked panels: `stack`; 273-row channels: `channels`), without `panels` from the panel count (six:
+    `all`, else `on`). A shape no layout makes: one column per channel."""
     c, h, _ = image.shape
-    if c == 1 and h % N_TIMES == 0:
-        rows = [image[0, i * N_TIMES : (i + 1) * N_TIMES] for i in range(h // N_TIMES)]
-    elif h == N_TIMES:
-        rows = list(image)
-    else:
-        return [(f"ch {k}" if c > 1 else "image", [image[k]]) for k in range(c)]
-    if layout == "diff":
-        return [("ON - OFF", rows)]
-    if len(rows) == 6:
-        return [("ON", [rows[i] for i in ON_PANELS]), ("OFF", [rows[i] for i in OFF_PANELS])]
-    if len(rows) == 3 and panels in (None, "on"):
-        return [("ON", rows)]
-    return [(f"panel {k}", [r]) for k, r in enumerate(rows)] if c > 1 else [("image", rows)]
+    if layout is None:
+        layout = "stack" if c == 1 and h % N_TIMES == 0 else "channels" if h == N_TIMES else None
+    if layout is not None:
+        n = h // N_TIMES if layout == "stack" else c
+        recipe = ImageRecipe(panels or ("all" if n == 6 else "on"), layout)
+        if recipe.shape[:2] == image.shape[:2]:
+            return recipe.columns(image)
+    return [(f"ch {k}" if c > 1 else "image", [image[k]]) for k in range(c)]
 
 
 def _as_array(image) -> np.ndarray:
@@ -104,7 +101,7 @@ def show_cadence(
     width = columns[0][1][0].shape[1]
     height = max(sum(r.shape[0] for r in rows) for _, rows in columns)
     canvas = np.full((height, len(columns) * (width + GAP) - GAP), np.nan, dtype=np.float32)
-    diff = layout == "diff"
+    diff = layout is not None and get_layout(layout).diverging
     colormap = matplotlib.colormaps[cmap or (DIFF_CMAP if diff else CMAP)].with_extremes(bad="white")
     centres, names = [], []
     for j, (name, rows) in enumerate(columns):

@@ -6,12 +6,13 @@ from __future__ import annotations
 import pickle
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from seti_fastai.errors import RunDirError, first_sentence
+from seti_fastai.errors import ConfigError, RunDirError, first_sentence
+from seti_fastai.io import atomic_path
 
 
 def _torch_load(path: Path) -> Any:
@@ -88,3 +89,51 @@ def load_opt_state(opt, state: dict) -> None:
     from fastcore.foundation import L
 
     opt.load_state_dict({"state": state["state"], "hypers": L(state["hypers"])})
+
+
+class InitResult(NamedTuple):
+    """What `--init-from` loaded: the weights file, tensors loaded, tensors the model has."""
+
+    source: str
+    loaded: int
+    total: int
+
+
+def load_matching(model: torch.nn.Module, weights: Path, min_share: float) -> InitResult:
+    """Load the tensors of a weights file (a run's model.pth, or a bare timm backbone) whose name and shape fit
+    `model`; the others (a different head) are skipped. Fewer than `min_share` of the model's tensors is an error."""
+    state = load_weights(weights)
+    own = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+
+    def matching(prefix: str) -> dict[str, torch.Tensor]:
+        pairs = ((prefix + k, v) for k, v in state.items() if isinstance(v, torch.Tensor))
+        return {k: v for k, v in pairs if k in own and own[k].shape == v.shape}
+
+    loaded = max((matching(p) for p in ("", "backbone.")), key=len)
+    share = len(loaded) / max(len(own), 1)
+    if share < min_share:
+        raise ConfigError(
+            f"--init-from {weights}: only {len(loaded)} of the model's {len(own)} tensors match ({share:.0%}); "
+            f"check --arch and the input layout, or lower --init-min-share (now {min_share:g})"
+        )
+    model.load_state_dict(loaded, strict=False)
+    return InitResult(str(weights), len(loaded), len(own))
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> Path:
+    """`model.pth`: the model's plain state dict, written atomically."""
+    with atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
+    return path
+
+
+def save_resume(path: Path, model: torch.nn.Module, opt, epoch: int, best: float, best_epoch: int, scaler=None) -> Path:
+    """`last.pth`, written atomically: what `--resume` needs to go on after `epoch` (model, fastai optimizer state,
+    best AUC and its epoch, and the fp16 gradient scaler's state when one is enabled), all loadable with
+    `weights_only=True`."""
+    checkpoint = dict(model=model.state_dict(), opt=plain_opt_state(opt), epoch=epoch, best=best, best_epoch=best_epoch)
+    if scaler is not None and scaler.is_enabled():
+        checkpoint["scaler"] = _plain(scaler.state_dict())
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+    return path

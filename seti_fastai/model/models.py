@@ -19,7 +19,6 @@ from seti_fastai.model.pretrained import (
     _first_line,
     _from_hub,
     _load_file,
-    check_arch,
     is_network_error,
     pretrained_name,
     weights_file,
@@ -65,9 +64,9 @@ def create_backbone(
 
     With `pretrained` or `pretrained_weights` the model built is `pretrained_source` (default: `pretrained_name(arch)`)
     and starts from the weights of the file, else of timm's hub (or its cache); without either it is
-    `pretrained_source` (the architecture a pretrained run was built as) or `arch`, with random weights.
+    `pretrained_source` (the architecture a pretrained run was built as) or `arch`, with random weights. The name is
+    checked where it comes in (the run plan, `read_run`): an unknown one here is timm's own error.
     """
-    check_arch(arch)
     kwargs: dict = dict(in_chans=in_chans, num_classes=n_out, drop_rate=drop_rate)
     if drop_path_rate > 0:
         kwargs["drop_path_rate"] = drop_path_rate

@@ -7,15 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seti_fastai.data.layouts import RESIZE_MODES
+
 
 def _size_pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(size, int):
         return (size, size)
     h, w = size
     return (int(h), int(w))
-
-
-RESIZE_MODES = ("bilinear", "antialias", "area")
 
 
 def resize_image(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
