@@ -156,7 +156,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be positive; got {getattr(self, name)}")
         if self.pos_share is not None and not 0.0 < self.pos_share < 1.0:
             raise ConfigError(f"pos_share must be in (0, 1) or empty; got {self.pos_share}")
-        for name in ("freq_flip_p", "affine_p", "motion_blur_p", "spec_augment_p", "mixup_p", "pct_start"):
+        for name in [
+            *(f.name for f in dataclasses.fields(self) if f.name.endswith("_p")),
+            "pct_start",
+        ]:  # probabilities
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1]; got {getattr(self, name)}")
         if self.workers < 0 or self.aug_off_last < 0 or self.mixup_alpha <= 0:

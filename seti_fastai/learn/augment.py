@@ -10,7 +10,8 @@
 Image orientation everywhere: height = time (panels stacked), width = frequency. The seed's "vflip" flipped the
 frequency axis of images drawn with frequency vertical; here that is a flip of the width. No augmentation flips time:
 with `panels=all` that would move ON panels into OFF slots and change the label's meaning; for the same reason, an
-augmentation that `moves_time` keeps to the frequency axis on a layout whose columns mix ON and OFF rows.
+augmentation that would move rows in time (shift/scale, motion blur) keeps to the frequency axis on a layout whose
+columns mix ON and OFF rows (`AugRecipe.time_shift` False): that is how each one knows it preserves the label.
 
 A new augmentation is a subclass here, registered with `@augmentation` (its place in the list is its place in the
 pipeline), its probability a field of `AugRecipe` and a flag of the same name in `config.py`.
@@ -75,12 +76,11 @@ class Augmentation:
     """One training augmentation of an `AugRecipe`: its probability `p`, its albumentations form and its torch form.
 
     `rescale`: the albumentations form runs on the image scaled to [0, 1] (albumentations' kernels clip float images
-    there); consecutive augmentations that agree on it share one albumentations pipeline. `moves_time`: it would move
-    rows in time, so it reads `recipe.time_shift` and keeps to the frequency axis when that is False."""
+    there); consecutive augmentations that agree on it share one albumentations pipeline. One that would move rows
+    in time reads `recipe.time_shift` and keeps to the frequency axis when that is False."""
 
     p_field: ClassVar[str]  # the AugRecipe (and config) field of its probability
     rescale: ClassVar[bool] = True
-    moves_time: ClassVar[bool] = False
 
     def __init__(self, recipe: AugRecipe):
         self.recipe = recipe
@@ -124,7 +124,6 @@ class ShiftScale(Augmentation):
     """Shift and scale each axis (no rotation), border reflected; on the time axis only where rows stay ON or OFF."""
 
     p_field = "affine_p"
-    moves_time = True
 
     def albumentation(self, height: int, width: int) -> A.BasicTransform:
         (sx, sy), scale, time = self.recipe.shift, self.recipe.scale, self.recipe.time_shift
@@ -145,7 +144,6 @@ class MotionBlur(Augmentation):
     """Motion blur; a centred horizontal kernel where rows must stay in place (a shifted one moves rows in time)."""
 
     p_field = "motion_blur_p"
-    moves_time = True
 
     def albumentation(self, height: int, width: int) -> A.BasicTransform:
         time = self.recipe.time_shift
