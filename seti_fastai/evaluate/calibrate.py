@@ -45,7 +45,7 @@ def oof_views(
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     partners = run_partners(cfg, data)
     dl = inference_dl(run, paths, bs, workers, dev, partners, run_packed(cfg, paths, partners, data))
-    views = flip_views(cfg) if tta == "flips" else [()]
+    views = flip_views(run.aug) if tta == "flips" else [()]
     return oof[["id", "target"]], predict_views(model, dl, views, dev, progress)
 
 

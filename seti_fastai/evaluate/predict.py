@@ -104,10 +104,10 @@ def check_same_layout(runs: list[TrainedRun]) -> None:
             )
 
 
-def flip_views(cfg: TrainConfig | AugRecipe) -> list[tuple[int, ...]]:
+def flip_views(aug: TrainConfig | AugRecipe) -> list[tuple[int, ...]]:
     """The flips training used, as TTA views: the plain image, and the frequency (width) flip when the run trained
     with it. Never time: training never flips time, so the model has not seen time-reversed needles."""
-    return [(), (-1,)] if cfg.freq_flip_p > 0 else [()]
+    return [(), (-1,)] if aug.freq_flip_p > 0 else [()]
 
 
 def inference_dl(
@@ -288,7 +288,7 @@ def run_prediction(
                 )
             continue
         dl = inference_dl(first, paths, bs, workers, dev, partners, sources)
-        views = [flip_views(plan.runs[i].cfg) if plan.tta == "flips" else [()] for i in members]
+        views = [flip_views(plan.runs[i].aug) if plan.tta == "flips" else [()] for i in members]
         zs = predict_views_runs([models[i] for i in members], dl, views, dev, progress)
         for i, z in zip(members, zs, strict=True):
             if per_run_cal is not None:
