@@ -285,7 +285,7 @@ ALL_FOLDS = inspect.Parameter(
 @config_command("train", ALL_FOLDS, QUIET)
 def train_cmd(overrides: dict[str, Any], config: Path | None, all_folds: bool, quiet: bool) -> None:
     """Train one fold (or --all-folds, or --stage pretrain) and write its run directory."""
-    from seti_fastai.config import build_config
+    from seti_fastai.config import config_from, given_values
     from seti_fastai.learn.distributed import is_main
     from seti_fastai.learn.plan import fold_configs, plan_run
     from seti_fastai.learn.train import train_run
@@ -293,14 +293,17 @@ def train_cmd(overrides: dict[str, Any], config: Path | None, all_folds: bool, q
 
     echo = typer.echo if is_main() else lambda *_, **__: None  # under accelerate launch / torchrun: rank 0 prints
     described = False
-    for run_cfg, state in fold_configs(build_config(config, overrides), all_folds):
+    given = given_values(config, overrides)  # what the user set: --resume refuses what differs from the saved run
+    for run_cfg, state in fold_configs(config_from(given), all_folds):
         run_dir = run_cfg.run_dir()
         if all_folds and state == "finished":  # a restart goes on where the last one stopped
             echo(f"{run_dir}: finished earlier (metrics.json), skipping")
             continue
         if all_folds and state == "interrupted":
             echo(f"{run_dir}: interrupted earlier, resuming from last.pth")
-        plan = plan_run(run_cfg)  # efficientnetv2_m -> tf_efficientnetv2_m.in21k_ft_in1k, saved in config.yaml
+        plan = plan_run(run_cfg, given=given)  # efficientnetv2_m -> tf_efficientnetv2_m.in21k_ft_in1k, saved
+        if plan.checkpoint is not None and not all_folds:
+            echo(f"{run_dir}: resuming from last.pth after epoch {plan.checkpoint['epoch']} with its saved config.yaml")
         if not described and (line := describe_pretrained(plan.cfg)):
             echo(line)
         described = True

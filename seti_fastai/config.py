@@ -6,9 +6,11 @@ The resolved configuration is saved as `config.yaml` in every run directory; loa
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,20 +148,19 @@ class TrainConfig:
         choose("precision", PRECISIONS)
         choose("aug_device", AUG_DEVICES)
         choose("packed", PACKED)
+        for name, least in (("epochs", 1), ("bs", 1), ("n_folds", 2)):
+            if getattr(self, name) < least:
+                raise ConfigError(f"{name} must be >= {least}; got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0; got {self.lr}")
         if not self.size or any(s < 32 for s in self.size):
             raise ConfigError(f"size must be one or more sizes of at least 32; got {self.size}")
         if len(self.size) > self.epochs:
             raise ConfigError(f"size schedule has {len(self.size)} sizes for {self.epochs} epochs")
-        positive = {"epochs": self.epochs, "bs": self.bs, "lr": self.lr, "n_folds": self.n_folds - 1}
-        for name, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{name} must be positive; got {getattr(self, name)}")
         if self.pos_share is not None and not 0.0 < self.pos_share < 1.0:
             raise ConfigError(f"pos_share must be in (0, 1) or empty; got {self.pos_share}")
-        for name in [
-            *(f.name for f in dataclasses.fields(self) if f.name.endswith("_p")),
-            "pct_start",
-        ]:  # probabilities
+        probabilities = [f.name for f in dataclasses.fields(self) if f.name.endswith("_p")]  # augmentations, mixup
+        for name in [*probabilities, "pct_start"]:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1]; got {getattr(self, name)}")
         if self.workers < 0 or self.aug_off_last < 0 or self.mixup_alpha <= 0:
@@ -217,11 +218,14 @@ def _coerce(name: str, value: Any) -> Any:
     if typing.get_origin(base) is list:
         items = value if isinstance(value, list) else str(value).split(",")
         kind = typing.get_args(base)[0]
+        what = "integers" if kind is int else "numbers"
         try:
-            return [kind(v) for v in items]
-        except (TypeError, ValueError):
-            what = "integers" if kind is int else "numbers"
+            values = [kind(v) for v in items]
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{name} must be a list of {what}; got {value!r}") from None
+        if not all(math.isfinite(v) for v in values):
+            raise ConfigError(f"{name} must be a list of finite {what}; got {value!r}")
+        return values
     if base is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{name} must be true or false; got {value!r}")
@@ -229,6 +233,8 @@ def _coerce(name: str, value: Any) -> Any:
     if base in (int, float):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{name} must be a number; got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number; got {value!r}")
         if base is int and float(value) != int(value):
             raise ConfigError(f"{name} must be an integer; got {value!r}")
         return base(value)
@@ -243,7 +249,11 @@ def read_yaml(path: Path | str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file (byte {e.start} is not UTF-8); give a YAML file") from e
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
     if not isinstance(raw, dict):
@@ -254,8 +264,8 @@ def read_yaml(path: Path | str) -> dict[str, Any]:
     return raw
 
 
-def build_config(yaml_path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Code defaults, then the YAML file, then `overrides` (None values mean "not given")."""
+def given_values(yaml_path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The fields the user set: the YAML file's, then `overrides` (None values mean "not given"), not yet checked."""
     values: dict[str, Any] = {}
     if yaml_path is not None:
         values.update(read_yaml(yaml_path))
@@ -264,8 +274,37 @@ def build_config(yaml_path: Path | str | None = None, overrides: dict[str, Any] 
             raise ConfigError(f"unknown config field {key}")
         if value is not None:
             values[key] = value
-    cfg = TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
-    return cfg.validate()
+    return values
+
+
+def build_config(yaml_path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Code defaults, then the YAML file, then `overrides` (None values mean "not given"), checked."""
+    return config_from(given_values(yaml_path, overrides))
+
+
+def config_from(values: dict[str, Any]) -> TrainConfig:
+    """The checked config of the fields the user set (`given_values`), defaults for the rest."""
+    return TrainConfig(**{k: _coerce(k, v) for k, v in values.items()}).validate()
+
+
+RESUME_SAFE = ("workers", "resume")  # what a resumed run may take from the command instead of its config.yaml
+RUN_IDENTITY = ("out", "name", "fold", "stage")  # these found the run directory, spelled as the user likes
+PATH_FIELDS = ("data", "matches", "pseudo", "sample_weights", "init_from", "pretrained_weights")
+
+
+def resume_conflicts(saved: TrainConfig, cfg: TrainConfig, given: Collection[str] | None = None) -> list[str]:
+    """The `--flag value (saved value)` of each field of `cfg` that differs from a run's saved config and that
+    resuming cannot change: among `given` (the fields the user set), or every field when None."""
+    derived = ("pretrained_source",)  # resolved from --arch when the run started
+    names = [n for n in (given if given is not None else _FIELDS) if n not in (*RESUME_SAFE, *RUN_IDENTITY, *derived)]
+    conflicts = []
+    for name in names:
+        mine, theirs = getattr(cfg, name), getattr(saved, name)
+        if name in PATH_FIELDS and mine is not None and theirs is not None:
+            mine, theirs = Path(mine).resolve(), Path(theirs).resolve()
+        if mine != theirs:
+            conflicts.append(f"--{name.replace('_', '-')} {getattr(cfg, name)} (saved {getattr(saved, name)})")
+    return conflicts
 
 
 def save_config(cfg: TrainConfig, path: Path | str) -> Path:

@@ -172,6 +172,9 @@ def test_train_flags_override_the_yaml(synth_data, tmp_path):
         (["--fold", "7"], "fold 7 is out of range: the fold file has folds 0..3"),
         (["--panels", "some"], "panels must be one of on, all"),
         (["--size", "64,x"], "size must be a list of integers"),
+        (["--lr", "nan"], "lr must be a finite number; got nan"),
+        (["--epochs", "0"], "epochs must be >= 1; got 0"),
+        (["--n-folds", "1"], "n_folds must be >= 2; got 1"),
     ],
 )
 def test_train_bad_flags(synth_data, tmp_path, args, fragment):

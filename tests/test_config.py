@@ -58,3 +58,28 @@ def test_bad_flags_are_rejected(tmp_path):
         build_config(overrides={"mixup_p": 1.5})
     with pytest.raises(ConfigError, match="size schedule has 3 sizes for 2 epochs"):
         build_config(overrides={"size": "64,96,128", "epochs": 2})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"lr": float("nan")}, "lr must be a finite number; got nan"),
+        ({"wd": float("inf")}, "wd must be a finite number; got inf"),
+        ({"epochs": float("nan")}, "epochs must be a finite number"),
+        ({"inject_brightness": "0.5,nan"}, "inject_brightness must be a list of finite numbers"),
+        ({"epochs": 0}, "epochs must be >= 1; got 0"),
+        ({"n_folds": 1}, "n_folds must be >= 2; got 1"),
+        ({"bs": 0}, "bs must be >= 1; got 0"),
+        ({"lr": -1e-3}, "lr must be > 0; got -0.001"),
+    ],
+)
+def test_every_number_flag_is_finite_and_messages_name_the_real_bound(overrides, message):
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+        build_config(overrides=overrides)
+
+
+def test_a_config_file_that_is_not_text_is_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    with pytest.raises(ConfigError, match=r"c\.yaml: not a text file \(byte \d+ is not UTF-8\)"):
+        build_config(path)

@@ -373,3 +373,24 @@ def test_all_folds_skips_finished_resumes_interrupted_and_starts_missing(synth_d
     assert again.exit_code == 0 and again.output.count("skipping") == 4, again.output
     pretrain = CliRunner().invoke(app, ["train", *tiny_flags(data, tmp_path, stage="pretrain"), "--all-folds"])
     assert pretrain.exit_code == 2 and "--all-folds trains the folds of the finetune stage" in pretrain.output
+
+
+def test_resume_refuses_flags_that_differ_from_the_saved_run(synth_data, tmp_path):
+    from conftest import tiny_flags
+    from typer.testing import CliRunner
+
+    from seti_fastai.cli import app
+
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(cfg_for(synth_data[0], tmp_path, epochs=2), quiet=True, cbs=[_Interrupt(1)])
+    flags = tiny_flags(synth_data[0], tmp_path, epochs=2)
+    changed = [f if f not in ("2", "0.01") else {"2": "3", "0.01": "0.5"}[f] for f in flags]
+    result = CliRunner().invoke(app, ["train", *map(str, changed), "--resume", "--quiet"])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert "differ from it: --epochs 3 (saved 2), --lr 0.5 (saved 0.01)" in result.stderr
+    with pytest.raises(RunDirError, match=r"--mixup-p 0.0 \(saved 0.5\)"):  # a library call compares every field
+        train_fold(cfg_for(synth_data[0], tmp_path, epochs=2, mixup_p=0.0, resume=True), quiet=True)
+    ok = CliRunner().invoke(app, ["train", *map(str, flags), "--workers", "0", "--resume", "--quiet"])
+    assert ok.exit_code == 0, ok.output
+    assert "resuming from last.pth after epoch 0" in ok.stdout
+    assert len(pd.read_csv(tmp_path / "exp" / "fold0" / "history.csv")) == 2

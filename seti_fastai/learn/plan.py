@@ -10,14 +10,14 @@ checked again on the way down.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from seti_fastai.config import TrainConfig, load_run_config
+from seti_fastai.config import TrainConfig, load_run_config, resume_conflicts
 from seti_fastai.data.layouts import ImageRecipe
 from seti_fastai.errors import ConfigError, RunDirError
 from seti_fastai.learn.augment import AugRecipe
@@ -42,14 +42,22 @@ class RunPlan:
     init_weights: Path | None = None  # the weights file of --init-from
 
 
-def plan_run(cfg: TrainConfig, fresh: bool = True) -> RunPlan:
+def plan_run(cfg: TrainConfig, fresh: bool = True, given: Collection[str] | None = None) -> RunPlan:
     """The plan of a validated config (`build_config` validates). `fresh`: the run directory must be new, or hold
-    the interrupted run `--resume` asks for (training); False for a Learner alone (lr-find, notebooks)."""
+    the interrupted run `--resume` asks for (training); False for a Learner alone (lr-find, notebooks). A resumed run
+    goes on exactly as saved (this call's `workers` aside): a field of `given` (the ones the user set; all when None)
+    that differs from the saved config is refused, listed in one line."""
     init_distributed()
     run_dir = cfg.run_dir()
     checkpoint = check_run_dir(run_dir, cfg.resume) if fresh else None
-    if checkpoint is not None:  # go on exactly as saved: the run's own config, this call's workers
+    if checkpoint is not None:
         saved = load_run_config(run_dir)
+        conflicts = resume_conflicts(saved, cfg, given)
+        if conflicts:
+            raise RunDirError(
+                f"{run_dir}: --resume goes on with the run's saved config.yaml, and these flags differ from it: "
+                f"{', '.join(conflicts)}; drop them, or start a new run with another --name"
+            )
         saved.workers, saved.resume = cfg.workers, True
         cfg = saved
     cfg = resolve_pretrained(cfg)
