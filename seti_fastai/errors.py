@@ -29,6 +29,18 @@ class RunDirError(SetiError):
     """A run directory is missing files or cannot be used as asked."""
 
 
+class OutputError(SetiError, OSError):
+    """An output could not be written: `PATH: cannot write (REASON)`. Also an `OSError` with the cause's errno, so
+    a caller that words its own message (the fold file, the packed cache, a run directory) still catches it."""
+
+    def __init__(self, path, reason: str, errno: int | None = None):
+        OSError.__init__(self, errno, reason)
+        self.path, self.reason = path, reason
+
+    def __str__(self) -> str:
+        return f"{self.path}: cannot write ({self.reason})"
+
+
 def first_sentence(error: BaseException) -> str:
     """The first sentence of an error's message (at most 120 characters), for one-line reports."""
     text = str(error).strip().split(". ")[0].splitlines()

@@ -20,6 +20,7 @@ import torch
 from seti_fastai.config import TrainConfig, load_run_config, resume_conflicts
 from seti_fastai.data.layouts import ImageRecipe
 from seti_fastai.errors import ConfigError, RunDirError
+from seti_fastai.io import check_folder
 from seti_fastai.learn.augment import AugRecipe
 from seti_fastai.learn.distributed import init_distributed
 from seti_fastai.learn.logs import check_logs
@@ -48,7 +49,7 @@ def plan_run(cfg: TrainConfig, fresh: bool = True, given: Collection[str] | None
     goes on exactly as saved (this call's `workers` aside): a field of `given` (the ones the user set; all when None)
     that differs from the saved config is refused, listed in one line."""
     init_distributed()
-    run_dir = cfg.run_dir()
+    run_dir = check_folder(cfg.run_dir(), "--out")
     checkpoint = check_run_dir(run_dir, cfg.resume) if fresh else None
     if checkpoint is not None:
         saved = load_run_config(run_dir)

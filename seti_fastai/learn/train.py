@@ -20,7 +20,7 @@ from fastai.learner import Learner
 from fastai.torch_core import set_seed
 
 from seti_fastai.config import TrainConfig, save_config
-from seti_fastai.errors import ConfigError, RunDirError, first_sentence
+from seti_fastai.errors import ConfigError, OutputError, RunDirError, first_sentence
 from seti_fastai.io import atomic_write_csv, atomic_write_json
 from seti_fastai.learn.callbacks import (
     AugmentationOff,
@@ -186,8 +186,8 @@ def train_run(plan: RunPlan, quiet: bool = False, cbs: list | None = None) -> di
         if recorder.best_epoch < 0:
             raise RunDirError(f"{run_dir}: validation AUC was never finite; no model saved")
         metrics = _finish_run(plan, learn, items, recorder, seconds)
-    except OSError as e:
-        if e.errno in _DISK_ERRNOS:
+    except OSError as e:  # an OutputError of the atomic writes (torch.save's writer errors included), or the disk
+        if e.errno in _DISK_ERRNOS or isinstance(e, OutputError):
             raise _write_failed(run_dir, e) from e
         raise
     except Exception as e:
