@@ -287,7 +287,7 @@ def train_cmd(overrides: dict[str, Any], config: Path | None, all_folds: bool, q
     """Train one fold (or --all-folds, or --stage pretrain) and write its run directory."""
     from seti_fastai.config import config_from, given_values
     from seti_fastai.learn.distributed import is_main
-    from seti_fastai.learn.plan import fold_configs, plan_run
+    from seti_fastai.learn.plan import fold_configs, lock_run, plan_run
     from seti_fastai.learn.train import train_run
     from seti_fastai.model.pretrained import describe_pretrained
 
@@ -301,16 +301,22 @@ def train_cmd(overrides: dict[str, Any], config: Path | None, all_folds: bool, q
             continue
         if all_folds and state == "interrupted":
             echo(f"{run_dir}: interrupted earlier, resuming from last.pth")
-        plan = plan_run(run_cfg, given=given)  # efficientnetv2_m -> tf_efficientnetv2_m.in21k_ft_in1k, saved
-        if plan.checkpoint is not None and not all_folds:
-            echo(f"{run_dir}: resuming from last.pth after epoch {plan.checkpoint['epoch']} with its saved config.yaml")
-        if not described and (line := describe_pretrained(plan.cfg)):
-            echo(line)
-        described = True
-        metrics = train_run(plan, quiet=quiet)
-        if "init_from" in metrics:
-            init = metrics["init_from"]
-            echo(f"{run_dir}: started from {init['source']}: {init['loaded']} of {init['total']} tensors loaded")
+        with lock_run(run_cfg, "train") as lock:  # one writer per run directory
+            if lock.took_over:
+                echo(f"{run_dir}: took over the lock of {lock.took_over}, which is no longer running")
+            plan = plan_run(run_cfg, given=given, strict=not all_folds)  # resolves the pretrained name, too
+            if plan.ignored:
+                echo(f"{run_dir}: goes on with its saved config.yaml, not {', '.join(plan.ignored)}")
+            if plan.checkpoint is not None and not all_folds:
+                epoch = plan.checkpoint["epoch"]
+                echo(f"{run_dir}: resuming from last.pth after epoch {epoch} with its saved config.yaml")
+            if not described and (line := describe_pretrained(plan.cfg)):
+                echo(line)
+            described = True
+            metrics = train_run(plan, quiet=quiet)
+            if "init_from" in metrics:
+                init = metrics["init_from"]
+                echo(f"{run_dir}: started from {init['source']}: {init['loaded']} of {init['total']} tensors loaded")
         echo(
             f"{run_dir}: best validation AUC {metrics['best_auc']:.4f} at epoch {metrics['best_epoch']}, "
             f"{metrics['train_samples_per_s']:.0f} samples/s, {metrics['wall_seconds']:.0f} s"

@@ -223,7 +223,7 @@ def _coerce(name: str, value: Any) -> Any:
             values = [kind(v) for v in items]
         except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{name} must be a list of {what}; got {value!r}") from None
-        if not all(math.isfinite(v) for v in values):
+        if kind in (int, float) and not all(math.isfinite(v) for v in values):
             raise ConfigError(f"{name} must be a list of finite {what}; got {value!r}")
         return values
     if base is bool:

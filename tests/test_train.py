@@ -364,7 +364,8 @@ def test_all_folds_skips_finished_resumes_interrupted_and_starts_missing(synth_d
     lines = result.output.splitlines()
     assert lines[0] == f"{exp / 'fold0'}: finished earlier (metrics.json), skipping"
     assert lines[1] == f"{exp / 'fold1'}: interrupted earlier, resuming from last.pth"
-    assert [line.split(":")[0] for line in lines[2:]] == [str(exp / f"fold{k}") for k in (1, 2, 3)]
+    assert lines[2] == f"{exp / 'fold1'}: goes on with its saved config.yaml, not --epochs 1 (saved 2)"
+    assert [line.split(":")[0] for line in lines[3:]] == [str(exp / f"fold{k}") for k in (1, 2, 3)]
     assert (exp / "fold0" / "model.pth").read_bytes() == finished
     assert pd.read_csv(exp / "fold1" / "history.csv")["epoch"].tolist() == [0, 1]  # its own 2 epochs, resumed
     for k in (1, 2, 3):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from seti_fastai.evaluate.calibration import combine as _combine
 from seti_fastai.evaluate.metrics import scores
 from seti_fastai.evaluate.predict import TrainedRun, flip_views, inference_dl, load_model, predict_views, read_run
 from seti_fastai.learn.datablock import run_packed, run_partners
+from seti_fastai.lock import run_lock
 from seti_fastai.model.heads import logit_np, sigmoid_np
 
 
@@ -70,7 +72,22 @@ def calibrate_runs(
         raise ConfigError(f"per-run calibration needs --tta none or flips; got {tta!r}")
     if not run_dirs:
         raise RunDirError("no run directory given")
-    runs = [read_run(r) for r in run_dirs]
+    with contextlib.ExitStack() as locks:  # one writer per run directory: calibration.json goes into each
+        for run_dir in sorted({Path(r).resolve() for r in run_dirs}):
+            locks.enter_context(run_lock(run_dir, "calibrate"))
+        return _calibrate_runs([read_run(r) for r in run_dirs], tta, combine, data, bs, workers, device, progress)
+
+
+def _calibrate_runs(
+    runs: list[TrainedRun],
+    tta: str,
+    combine: str,
+    data: Path | str | None,
+    bs: int,
+    workers: int,
+    device: str | None,
+    progress: Callable[[int], None] | None,
+) -> dict[str, Any]:
     run_dirs = [run.run_dir for run in runs]
     records, frames = [], []
     for run_dir, run in zip(run_dirs, runs, strict=True):

@@ -20,6 +20,7 @@ from seti_fastai.io import atomic_write_json, save_figure
 from seti_fastai.learn.distributed import world_size
 from seti_fastai.learn.plan import RunPlan, plan_run
 from seti_fastai.learn.train import build_learner
+from seti_fastai.lock import run_lock
 
 
 def _suggestions(lrs: np.ndarray, losses: np.ndarray) -> dict[str, float | None]:
@@ -40,17 +41,18 @@ def run_lr_find(plan: RunPlan | TrainConfig, quiet: bool = False) -> dict[str, A
         raise ConfigError("lr-find runs in one process: start it with python or seti-fastai, not accelerate/torchrun")
     plan = plan if isinstance(plan, RunPlan) else plan_run(plan, fresh=False)
     run_dir = plan.run_dir
-    learn = build_learner(plan, quiet=quiet)
-    learn.lr_find(num_it=plan.cfg.lr_find_iters, show_plot=False, suggest_funcs=())
-    lrs = np.array(learn.recorder.lrs, dtype=float)
-    losses = np.array([float(v) for v in learn.recorder.losses], dtype=float)
-    if len(lrs) < 2:
-        raise RunDirError("lr_find recorded fewer than 2 points; raise --lr-find-iters")
-    suggestions = _suggestions(lrs, losses)
-    chosen = next((suggestions[k] for k in ("valley", "slide", "minimum", "steep") if suggestions[k]), None)
-    result = dict(suggestions=suggestions, suggested_lr=chosen, lrs=lrs.tolist(), losses=losses.tolist())
-    atomic_write_json(run_dir / "lr_find.json", result)
-    plot_lr_find(lrs, losses, suggestions, run_dir / "lr_find.png")
+    with run_lock(run_dir, "lr-find", "--out"):
+        learn = build_learner(plan, quiet=quiet)
+        learn.lr_find(num_it=plan.cfg.lr_find_iters, show_plot=False, suggest_funcs=())
+        lrs = np.array(learn.recorder.lrs, dtype=float)
+        losses = np.array([float(v) for v in learn.recorder.losses], dtype=float)
+        if len(lrs) < 2:
+            raise RunDirError("lr_find recorded fewer than 2 points; raise --lr-find-iters")
+        suggestions = _suggestions(lrs, losses)
+        chosen = next((suggestions[k] for k in ("valley", "slide", "minimum", "steep") if suggestions[k]), None)
+        result = dict(suggestions=suggestions, suggested_lr=chosen, lrs=lrs.tolist(), losses=losses.tolist())
+        atomic_write_json(run_dir / "lr_find.json", result)
+        plot_lr_find(lrs, losses, suggestions, run_dir / "lr_find.png")
     return result
 
 

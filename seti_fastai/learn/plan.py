@@ -9,6 +9,7 @@ checked again on the way down.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
@@ -22,8 +23,9 @@ from seti_fastai.data.layouts import ImageRecipe
 from seti_fastai.errors import ConfigError, RunDirError
 from seti_fastai.io import check_folder
 from seti_fastai.learn.augment import AugRecipe
-from seti_fastai.learn.distributed import init_distributed
+from seti_fastai.learn.distributed import init_distributed, is_main
 from seti_fastai.learn.logs import check_logs
+from seti_fastai.lock import LOCK_NAME, RunLock, run_lock
 from seti_fastai.model.checkpoint import load_checkpoint
 from seti_fastai.model.pretrained import check_arch, pretrained_name
 
@@ -41,20 +43,24 @@ class RunPlan:
     channels_last: bool
     checkpoint: dict[str, Any] | None = None  # last.pth of the interrupted run this one resumes
     init_weights: Path | None = None  # the weights file of --init-from
+    ignored: tuple[str, ...] = ()  # flags a resumed run did not take (`plan_run(strict=False)`)
 
 
-def plan_run(cfg: TrainConfig, fresh: bool = True, given: Collection[str] | None = None) -> RunPlan:
+def plan_run(
+    cfg: TrainConfig, fresh: bool = True, given: Collection[str] | None = None, strict: bool = True
+) -> RunPlan:
     """The plan of a validated config (`build_config` validates). `fresh`: the run directory must be new, or hold
     the interrupted run `--resume` asks for (training); False for a Learner alone (lr-find, notebooks). A resumed run
     goes on exactly as saved (this call's `workers` aside): a field of `given` (the ones the user set; all when None)
-    that differs from the saved config is refused, listed in one line."""
+    that differs from the saved config is refused, listed in one line, or with `strict=False` (`--all-folds` resuming
+    a fold on its own) left out and listed in the plan's `ignored`."""
     init_distributed()
     run_dir = check_folder(cfg.run_dir(), "--out")
     checkpoint = check_run_dir(run_dir, cfg.resume) if fresh else None
     if checkpoint is not None:
         saved = load_run_config(run_dir)
         conflicts = resume_conflicts(saved, cfg, given)
-        if conflicts:
+        if conflicts and strict:
             raise RunDirError(
                 f"{run_dir}: --resume goes on with the run's saved config.yaml, and these flags differ from it: "
                 f"{', '.join(conflicts)}; drop them, or start a new run with another --name"
@@ -66,7 +72,16 @@ def plan_run(cfg: TrainConfig, fresh: bool = True, given: Collection[str] | None
     init_weights = init_source(cfg) if cfg.init_from else None
     image = ImageRecipe.from_config(cfg)
     aug = AugRecipe.from_config(cfg, image)
-    return RunPlan(cfg, run_dir, image, aug, device_precision(cfg), uses_channels_last(cfg), checkpoint, init_weights)
+    ignored = tuple(conflicts) if checkpoint is not None else ()
+    precision, channels_last = device_precision(cfg), uses_channels_last(cfg)
+    return RunPlan(cfg, run_dir, image, aug, precision, channels_last, checkpoint, init_weights, ignored)
+
+
+def lock_run(cfg: TrainConfig, command: str) -> contextlib.AbstractContextManager[RunLock]:
+    """The run directory's lock (`seti_fastai.lock`), held by rank 0 only: under DDP the ranks share one run."""
+    if not is_main():
+        return contextlib.nullcontext(RunLock(cfg.run_dir() / LOCK_NAME))
+    return run_lock(cfg.run_dir(), command, "--out")
 
 
 def fold_configs(cfg: TrainConfig, all_folds: bool) -> Iterator[tuple[TrainConfig, str]]:

@@ -40,7 +40,7 @@ from seti_fastai.learn.distributed import (
     world_size,
 )
 from seti_fastai.learn.logs import experiment_logs
-from seti_fastai.learn.plan import RunPlan, init_source, plan_run
+from seti_fastai.learn.plan import RunPlan, init_source, lock_run, plan_run
 from seti_fastai.model.checkpoint import InitResult, load_matching, load_opt_state, load_weights
 from seti_fastai.model.heads import SetiLoss, auc_metric, log_odds, roc_auc
 from seti_fastai.model.models import build_model, param_groups
@@ -142,8 +142,10 @@ def _versions() -> dict[str, str]:
 
 
 def train_fold(cfg: TrainConfig, quiet: bool = False, cbs: list | None = None) -> dict[str, Any]:
-    """Plan and train one run of a validated config (see `train_run`); returns metrics.json."""
-    return train_run(plan_run(cfg), quiet, cbs)
+    """Lock the run directory, plan and train one run of a validated config (see `train_run`); returns
+    metrics.json."""
+    with lock_run(cfg, "train"):
+        return train_run(plan_run(cfg), quiet, cbs)
 
 
 def train_run(plan: RunPlan, quiet: bool = False, cbs: list | None = None) -> dict[str, Any]:
