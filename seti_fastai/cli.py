@@ -77,7 +77,20 @@ LOADER_WORKERS, POOL_WORKERS = min(8, CPUS), min(4, CPUS)
 DataArg = Annotated[Path, typer.Argument(help="Data folder in the Kaggle layout.")]
 DataOpt = Annotated[Path, typer.Option(help="Data root in the Kaggle layout.")]
 RunDirs = Annotated[list[Path], typer.Argument(help="Run directories (folds); their predictions are averaged.")]
-WorkDir = Annotated[Path, typer.Option(help="Folder for what this writes when DATA is read-only.")]
+WorkDir = Annotated[
+    Path | None,
+    typer.Option(help="Folder for what this writes; given, it wins [default: beside DATA when writable, else runs]."),
+]
+OverwriteInput = Annotated[
+    bool, typer.Option("--overwrite-input", help="Let --out replace a file the data folder reads from.")
+]
+
+
+def work_folder(work_dir: Path | None) -> tuple[Path, bool]:
+    """(the work folder, whether the user chose it): the default `runs` is only a fallback for read-only data."""
+    return (Path("runs"), False) if work_dir is None else (work_dir, True)
+
+
 LoaderWorkers = Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")]
 PoolWorkers = Annotated[int, typer.Option("--workers", help="Worker processes (or threads) for the work.")]
 BatchSize = Annotated[int, typer.Option("--bs", help="Cadences per batch (flip views multiply it on the device).")]
@@ -173,9 +186,7 @@ def folds_cmd(
     check_arrays: Annotated[
         bool, typer.Option("--check-arrays", help="Also load every cadence: shape, dtype, NaN/inf (slow).")
     ] = False,
-    work_dir: Annotated[
-        Path, typer.Option(help="Folder for the fold CSV when DATA is read-only, and for the bad-array report.")
-    ] = Path("runs"),
+    work_dir: WorkDir = None,
 ) -> None:
     """Check every listed file exists, then make (or reuse) stratified folds and show the class balance."""
     from tqdm import tqdm
@@ -183,14 +194,15 @@ def folds_cmd(
     from seti_fastai.data.cadence import KaggleData
     from seti_fastai.data.folds import fold_summary, load_or_make_folds
 
+    work, chosen = work_folder(work_dir)
     kaggle = KaggleData(data)
     labels = kaggle.read_labels(split)
     if check_arrays:  # every file, then one report of all that are bad
         with tqdm(total=len(labels), unit="cadence", desc="check", file=sys.stderr) as bar:
-            kaggle.check_arrays(split, work_dir, progress=bar.update)
+            kaggle.check_arrays(split, work, progress=bar.update)
     else:
         kaggle.check_files(split, labels["id"])
-    folds, path, created = load_or_make_folds(labels, data, k=k, seed=seed, split=split, work_dir=work_dir)
+    folds, path, created = load_or_make_folds(labels, data, k, seed, split, work, chosen)
     typer.echo(f"{'wrote' if created else 'reusing'} {path}")
     typer.echo(fold_summary(folds).to_string())
 
@@ -367,6 +379,7 @@ def predict_cmd(
     beta: Annotated[float, typer.Option(help="--tta N: weight of the plain prediction (fastai's beta).")] = 0.25,
     calibration: Calibration = "auto",
     no_calibration: NoCalibration = False,
+    overwrite_input: OverwriteInput = False,
     bs: BatchSize = 64,
     workers: LoaderWorkers = LOADER_WORKERS,
     device: Device = None,
@@ -375,8 +388,10 @@ def predict_cmd(
     ] = "auto",
 ) -> None:
     """Predict ids with trained folds (config.yaml + model.pth only) and write a submission CSV atomically."""
+    from seti_fastai.data.cadence import KaggleData
     from seti_fastai.evaluate.predict import plan_prediction, run_prediction, write_submission
 
+    KaggleData(data).check_not_input(out, force=overwrite_input)
     mode = "none" if no_calibration else calibration
     plan = plan_prediction(run_dirs, data, split, ids, tta, combine, beta, mode, packed)
     if plan.calibration.mode != "none":
@@ -486,7 +501,8 @@ def match_cmd(
         str | None, typer.Option(help="Comma-separated splits to match across [default: all present].")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="CSV to write [default: matches.csv beside the data].")] = None,
-    work_dir: WorkDir = Path("runs"),
+    work_dir: WorkDir = None,
+    overwrite_input: OverwriteInput = False,
     min_overlap: Annotated[int, typer.Option(help="Fewest overlapping channels of a pair.")] = DEFAULT_MIN_OVERLAP,
     min_similarity: Annotated[
         float, typer.Option(help="Lowest fingerprint similarity of a pair, -1..1.")
@@ -503,13 +519,16 @@ def match_cmd(
     from seti_fastai.io import atomic_write_csv, derived_path
 
     kaggle = KaggleData(data)
+    path = out if out is not None else derived_path(data, "matches.csv", *work_folder(work_dir))
+    if out is not None:
+        kaggle.check_not_input(out, force=overwrite_input)
     chosen = splits_to_match(kaggle, splits)
     total = sum(len(kaggle.read_labels(s)) for s in chosen)
     start = time.perf_counter()
     with tqdm(total=total, unit="cadence", desc="match", file=sys.stderr) as bar:
         matches = match_cadences(kaggle, chosen, min_overlap, min_similarity, workers=workers, progress=bar.update)
     seconds = time.perf_counter() - start
-    path = atomic_write_csv(matches, out if out is not None else derived_path(data, "matches.csv", work_dir))
+    path = atomic_write_csv(matches, path)
     found = matches["id"].nunique()
     typer.echo(f"wrote {len(matches)} matches of {', '.join(chosen)} to {path}")
     typer.echo(
@@ -529,7 +548,8 @@ def dedoppler_cmd(
     out: Annotated[
         Path | None, typer.Option(help="CSV to write [default: dedoppler_<split>.csv beside the data].")
     ] = None,
-    work_dir: WorkDir = Path("runs"),
+    work_dir: WorkDir = None,
+    overwrite_input: OverwriteInput = False,
     bs: BatchSize = 32,
     workers: LoaderWorkers = POOL_WORKERS,
     device: Device = None,
@@ -545,22 +565,22 @@ def dedoppler_cmd(
     from seti_fastai.evaluate.dedoppler import auc_by_fold, score_files
     from seti_fastai.io import atomic_write_csv, derived_path
 
-    cfg = grid
-    cfg.validate()
+    grid.validate()
+    work, chosen = work_folder(work_dir)
     kaggle = KaggleData(data)
+    if out is not None:
+        kaggle.check_not_input(out, force=overwrite_input)
+    path = out if out is not None else derived_path(data, f"dedoppler_{split}.csv", work, chosen)
     ids = kaggle.read_labels(split)["id"]
     kaggle.check_files(split, ids)
     start = time.perf_counter()
     with tqdm(total=len(ids), unit="cadence", desc="dedoppler", file=sys.stderr) as bar:
-        scores = score_files(kaggle.paths(split, ids), cfg, bs, workers, device, progress=bar.update)
+        scores = score_files(kaggle.paths(split, ids), grid, bs, workers, device, progress=bar.update)
     seconds = time.perf_counter() - start
-    path = atomic_write_csv(
-        scores.assign(id=ids.to_numpy())[["id", "score", "drift", "channel"]],
-        out if out is not None else derived_path(data, f"dedoppler_{split}.csv", work_dir),
-    )
+    path = atomic_write_csv(scores.assign(id=ids.to_numpy())[["id", "score", "drift", "channel"]], path)
     typer.echo(f"wrote {len(scores)} scores to {path}; {seconds:.1f} s, {len(scores) / seconds:.1f} cadences/s")
     if split_layout(split).has_labels:
-        r = auc_by_fold(path, data, split, work_dir)
+        r = auc_by_fold(path, data, split, work)
         folds = ", ".join(f"fold {k} {v:.4f}" for k, v in r["folds"].items())
         typer.echo(f"AUC {r['auc']:.4f} on {r['n']} cadences" + (f" ({folds})" if folds else ""))
 
@@ -604,8 +624,12 @@ def pack_cmd(
     data: DataArg,
     split: Annotated[str, typer.Option(help="train, test, old-train, old-test or all (every split present).")] = "all",
     out: Annotated[
-        Path, typer.Option(help="Work folder for the cache when DATA is read-only (train/predict look in their --out).")
-    ] = Path("runs"),
+        Path | None,
+        typer.Option(
+            help="Folder for the cache; given, it wins (train/predict look in their --out) [default: beside DATA "
+            "when writable, else runs]."
+        ),
+    ] = None,
     workers: PoolWorkers = POOL_WORKERS,
 ) -> None:
     """Pack a split's cadences into one memory-mapped float16 file + id index, read instead of the files."""
@@ -616,11 +640,12 @@ def pack_cmd(
     from seti_fastai.data.cadence import KaggleData
     from seti_fastai.data.pack import array_path, pack_split, packable_splits
 
+    work, chosen = work_folder(out)
     for name in packable_splits(data, split):
         total = len(KaggleData(data).read_labels(name))
         start = time.perf_counter()
         with tqdm(total=total, unit="cadence", desc=f"pack {name}", file=sys.stderr) as bar:
-            index, n, written = pack_split(data, name, out, workers, bar.update)
+            index, n, written = pack_split(data, name, work, workers, bar.update, chosen)
         if written:
             seconds = time.perf_counter() - start
             typer.echo(f"wrote {n} cadences of {name} to {array_path(index)} + {index.name}; {seconds:.1f} s")
@@ -649,17 +674,20 @@ def pseudo_label_cmd(
     tta: Tta = "none",
     calibration: Calibration = "auto",
     no_calibration: NoCalibration = False,
+    overwrite_input: OverwriteInput = False,
     bs: BatchSize = 64,
     workers: LoaderWorkers = LOADER_WORKERS,
     device: Device = None,
 ) -> None:
     """Predict the test split with trained runs and write the confident cadences as pseudo-labels (train with
     --pseudo FILE: they join the training split of every fold, never its validation)."""
+    from seti_fastai.data.cadence import KaggleData
     from seti_fastai.evaluate.predict import plan_prediction
     from seti_fastai.evaluate.pseudo import Selection, pseudo_label
     from seti_fastai.io import atomic_write_csv
 
     selection = Selection(pos_threshold, neg_threshold, top_k_pos, top_k_neg, soft).validate()
+    KaggleData(data).check_not_input(out, force=overwrite_input)
     plan = plan_prediction(
         run_dirs, data, "test", None, tta, "prob", calibration="none" if no_calibration else calibration
     )

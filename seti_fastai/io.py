@@ -136,17 +136,18 @@ def atomic_dir(path: Path | str, overwrite: bool = False) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def derived_path(data_root: Path | str, name: str, work_dir: Path | str = "runs") -> Path:
-    """Where a file derived from a data folder (fold CSV, matches.csv, de-Doppler scores) lives.
+def derived_path(data_root: Path | str, name: str, work_dir: Path | str = "runs", chosen: bool = False) -> Path:
+    """Where a file derived from a data folder (fold CSV, matches.csv, de-Doppler scores, packed caches) lives.
 
     An existing copy is found beside the data first, then in `work_dir`; a new one goes beside the data when that
-    folder is writable (Kaggle input folders are not), else into `work_dir`.
+    folder is writable (Kaggle input folders are not), else into `work_dir`. `chosen`: the user named `work_dir`
+    (`--work-dir`, `pack --out`), so it wins: found there first, and a new file goes there.
     """
     beside, work = Path(data_root) / name, Path(work_dir) / name
-    for path in (beside, work):
+    for path in (work, beside) if chosen else (beside, work):
         if path.is_file():
             return path
-    return beside if os.access(data_root, os.W_OK) else work
+    return work if chosen or not os.access(data_root, os.W_OK) else beside
 
 
 def save_figure(fig, path: Path | str, dpi: int = 110) -> Path:

@@ -125,10 +125,33 @@ def test_folds_check_arrays_reports_every_bad_file(data_copy, tmp_path):
 def test_folds_check_arrays_on_good_files_is_the_usual_output(data_copy, tmp_path):
     for stale in data_copy.glob("folds_*.csv"):
         stale.unlink()
-    result = run("folds", data_copy, "--check-arrays", "--work-dir", tmp_path / "work")
+    result = run("folds", data_copy, "--check-arrays")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"wrote {data_copy / 'folds_train_k4_seed42.csv'}") and "pos_rate" in result.stdout
-    assert not (tmp_path / "work").exists(), "nothing goes to the work folder when the data are writable"
+
+
+def test_an_explicit_work_dir_or_out_wins_over_beside_the_data(data_copy, tmp_path):
+    """The data folder is writable, but the user named a folder: the fold file and the packed cache go there, and
+    training with that folder as --out finds them."""
+    for stale in data_copy.glob("folds_*.csv"):
+        stale.unlink()
+    work = tmp_path / "work"
+    assert run("folds", data_copy, "--work-dir", work).stdout.startswith(f"wrote {work / 'folds_train_k4_seed42.csv'}")
+    assert run("pack", data_copy, "--split", "test", "--out", work).exit_code == 0
+    assert (work / "packed" / "test.f16.npy").is_file() and not (data_copy / "packed").exists()
+    assert not list(data_copy.glob("folds_*.csv"))
+    again = run("folds", data_copy, "--work-dir", work)
+    assert again.stdout.startswith(f"reusing {work / 'folds_train_k4_seed42.csv'}")
+
+
+def test_an_output_over_an_input_of_the_data_folder_is_refused(data_copy, tmp_path):
+    labels = data_copy / "train_labels.csv"
+    before = labels.read_bytes()
+    for args in (["predict", tmp_path / "no-run", "--data", data_copy, "--out", labels],
+                 ["dedoppler", data_copy, "--split", "test", "--out", data_copy / "sample_submission.csv"],
+                 ["match", data_copy, "--out", data_copy / "folds_train_k4_seed42.csv"]):  # fmt: skip
+        one_line_error(run(*args), "that is", "--overwrite-input")
+    assert labels.read_bytes() == before
 
 
 # --- training commands -----------------------------------------------------------------------------------------

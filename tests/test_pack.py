@@ -209,7 +209,7 @@ def test_predict_from_the_cache_matches_the_files_and_opens_none(synth_data, tra
     shutil.copytree(synth_data[0] / "test", root / "test")
     runs = trained_runs[1]
     from_files = predict(runs, root, tta="flips", packed="off")["target"].to_numpy()
-    result = CliRunner().invoke(app, ["pack", str(root), "--split", "test", "--out", str(tmp_path / "w")])
+    result = CliRunner().invoke(app, ["pack", str(root), "--split", "test"])  # beside the data: writable
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"wrote 16 cadences of test to {root / 'packed' / 'test.f16.npy'}")
     again = CliRunner().invoke(app, ["pack", str(root), "--split", "all"])

@@ -174,6 +174,30 @@ class KaggleData:
         first = "; ".join(f"{p}: {r}" for p, r in bad[:3])
         raise CadenceFileError(f"{len(bad)} of {len(paths)} cadence files are bad, {where}; first: {first}")
 
+    def reads(self, path: Path | str) -> str | None:
+        """What `path` is to this data folder when it is one of its inputs (a label CSV, a cadence file, matches.csv,
+        a fold file, a packed cache), else None: writing over it would change the data."""
+        path = Path(path).resolve()
+        root = self.root.resolve()
+        for split, layout in SPLITS.items():
+            if path == root / layout.labels:
+                return f"the {split} labels"
+            if (root / layout.folder) in path.parents:
+                return f"a {split} cadence file"
+        if path.parent == root and (path.name == "matches.csv" or path.name.startswith("folds_")):
+            return "a file training reads"
+        if root / "packed" in path.parents:
+            return "the packed cache"
+        return None
+
+    def check_not_input(self, path: Path | str, flag: str = "--out", force: bool = False) -> None:
+        """Refuse `path` as an output when it is an input of this data folder, unless `force`."""
+        what = None if force else self.reads(path)
+        if what is not None:
+            raise DataLayoutError(
+                f"{flag} {path}: that is {what} of {self.root}; write elsewhere, or pass --overwrite-input"
+            )
+
     def check_files(self, split: str, ids: list[str] | pd.Series) -> None:
         """Raise one error naming the first missing file (and how many are missing) of `ids`."""
         missing = [p for p in self.paths(split, ids) if not p.is_file()]

@@ -69,14 +69,15 @@ def load_or_make_folds(
     seed: int = DEFAULT_SEED,
     split: str = "train",
     work_dir: Path | str = "runs",
+    chosen: bool = False,
 ) -> tuple[pd.DataFrame, Path, bool]:
     """Reuse the fold CSV for (k, seed) if it exists (beside the data, else in `work_dir`), else make and write it
-    (beside the data when that folder is writable, else into `work_dir`).
+    (beside the data when that folder is writable, else into `work_dir`; into `work_dir` when the user `chosen` it).
 
     Returns (folds, path, created). An existing file that no longer matches the labels is an error, not silently
     rewritten: delete it to re-split on purpose.
     """
-    path = derived_path(root, folds_name(k, seed, split), work_dir)
+    path = derived_path(root, folds_name(k, seed, split), work_dir, chosen)
     if path.is_file():
         folds = read_folds(path, k)
         merged = labels.merge(folds, on="id", how="outer", suffixes=("", "_folds"), indicator=True)

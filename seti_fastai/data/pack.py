@@ -44,9 +44,9 @@ PACK_CHUNK = 64  # cadences read ahead by the threads at a time
 PackedMode = Literal["auto", "on", "off"]
 
 
-def index_path(data: Path | str, split: str, work_dir: Path | str = "runs") -> Path:
-    """Where a split's index is (beside the data, else in `work_dir`), or where a new one goes."""
-    return derived_path(data, f"{PACKED_DIR}/{split}.index.csv", work_dir)
+def index_path(data: Path | str, split: str, work_dir: Path | str = "runs", chosen: bool = False) -> Path:
+    """Where a split's index is (beside the data, else in `work_dir`), or where a new one goes (`derived_path`)."""
+    return derived_path(data, f"{PACKED_DIR}/{split}.index.csv", work_dir, chosen)
 
 
 def array_path(index: Path) -> Path:
@@ -195,8 +195,10 @@ def pack_split(
     work_dir: Path | str = "runs",
     workers: int = 4,
     progress: Callable[[int], None] | None = None,
+    chosen: bool = False,
 ) -> tuple[Path, int, bool]:
-    """Write (or reuse) the packed cache of `split`: (index path, cadences, whether it was written).
+    """Write (or reuse) the packed cache of `split`: (index path, cadences, whether it was written); in `work_dir`
+    when the user `chosen` it, else beside the data when writable (`derived_path`).
 
     Every file is loaded and validated as training would (shape, dtype, finiteness); the first bad one stops the
     pack with its name and nothing is left behind. `workers` threads read files ahead (reading releases the GIL).
@@ -204,7 +206,7 @@ def pack_split(
     kaggle = KaggleData(data)
     ids = kaggle.read_labels(split)["id"].tolist()
     kaggle.check_files(split, ids)
-    index = index_path(kaggle.root, split, work_dir)
+    index = index_path(kaggle.root, split, work_dir, chosen)
     if index.is_file():
         try:
             PackedCache(index, split, ids, kaggle.root / SPLITS[split].folder)
