@@ -372,6 +372,7 @@ def predict_cmd(
     run_dirs: RunDirs,
     data: DataOpt = Path("data"),
     out: Annotated[Path, typer.Option(help="CSV to write (id,target).")] = Path("submission.csv"),
+    overwrite_input: OverwriteInput = False,
     split: Annotated[str, typer.Option(help="test, train, old-train or old-test.")] = "test",
     ids: Annotated[Path | None, typer.Option(help="CSV with an id column: predict these ids of --split.")] = None,
     tta: Tta = "none",
@@ -379,7 +380,6 @@ def predict_cmd(
     beta: Annotated[float, typer.Option(help="--tta N: weight of the plain prediction (fastai's beta).")] = 0.25,
     calibration: Calibration = "auto",
     no_calibration: NoCalibration = False,
-    overwrite_input: OverwriteInput = False,
     bs: BatchSize = 64,
     workers: LoaderWorkers = LOADER_WORKERS,
     device: Device = None,
@@ -662,6 +662,7 @@ def pseudo_label_cmd(
     run_dirs: RunDirs,
     data: DataOpt = Path("data"),
     out: Annotated[Path, typer.Option(help="CSV to write (id,target,prob,round).")] = Path("pseudo.csv"),
+    overwrite_input: OverwriteInput = False,
     pos_threshold: Annotated[
         float | None, typer.Option(help="Positive when the probability is at least this [default: 0.9].")
     ] = None,
@@ -674,7 +675,6 @@ def pseudo_label_cmd(
     tta: Tta = "none",
     calibration: Calibration = "auto",
     no_calibration: NoCalibration = False,
-    overwrite_input: OverwriteInput = False,
     bs: BatchSize = 64,
     workers: LoaderWorkers = LOADER_WORKERS,
     device: Device = None,
