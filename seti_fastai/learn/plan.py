@@ -21,7 +21,6 @@ import torch
 from seti_fastai.config import TrainConfig, load_run_config, resume_conflicts
 from seti_fastai.data.layouts import ImageRecipe
 from seti_fastai.errors import ConfigError, RunDirError
-from seti_fastai.io import check_folder
 from seti_fastai.learn.augment import AugRecipe
 from seti_fastai.learn.distributed import init_distributed, is_main
 from seti_fastai.learn.logs import check_logs
@@ -55,7 +54,7 @@ def plan_run(
     that differs from the saved config is refused, listed in one line, or with `strict=False` (`--all-folds` resuming
     a fold on its own) left out and listed in the plan's `ignored`."""
     init_distributed()
-    run_dir = check_folder(cfg.run_dir(), "--out")
+    run_dir = cfg.run_dir()  # checked as a folder by its lock (`lock_run`), which every writer takes first
     checkpoint = check_run_dir(run_dir, cfg.resume) if fresh else None
     if checkpoint is not None:
         saved = load_run_config(run_dir)

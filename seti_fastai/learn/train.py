@@ -21,7 +21,7 @@ from fastai.torch_core import set_seed
 
 from seti_fastai.config import TrainConfig, save_config
 from seti_fastai.errors import ConfigError, OutputError, RunDirError, first_sentence
-from seti_fastai.io import atomic_write_csv, atomic_write_json
+from seti_fastai.io import atomic_write_csv, atomic_write_json, output_error
 from seti_fastai.learn.callbacks import (
     AugmentationOff,
     EpochSeed,
@@ -79,7 +79,10 @@ def build_learner(plan: RunPlan | TrainConfig, items: pd.DataFrame | None = None
         init_result = load_matching(model, plan.init_weights, cfg.init_min_share)
         model.set_size(cfg.size[0])
     if is_main():  # the only rank that writes the run directory
-        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            plan.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a Learner built alone (a notebook): no lock checked the folder first
+            raise output_error(plan.run_dir, e) from e
     learn = CadenceLearner(
         dls, model, loss_func=SetiLoss(cfg.head, cfg.pos_weight), metrics=[auc_metric()], splitter=param_groups,
         wd=cfg.wd, path=plan.run_dir, model_dir=".",
