@@ -106,3 +106,11 @@ def run_lock(run_dir: Path | str, command: str, flag: str = "run directory") -> 
                 folder.rmdir()
             except OSError:
                 break
+
+
+@contextlib.contextmanager
+def lock_runs(run_dirs: list[Path | str], command: str) -> Iterator[list[RunLock]]:
+    """Hold the locks of several run directories for the block, taken in one order (so two such commands cannot
+    each wait on the other's)."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(run_lock(d, command)) for d in sorted({Path(r).resolve() for r in run_dirs})]

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from seti_fastai.evaluate.calibration import combine as _combine
 from seti_fastai.evaluate.metrics import scores
 from seti_fastai.evaluate.predict import TrainedRun, flip_views, inference_dl, load_model, predict_views, read_run
 from seti_fastai.learn.datablock import run_packed, run_partners
-from seti_fastai.lock import run_lock
+from seti_fastai.lock import lock_runs
 from seti_fastai.model.heads import logit_np, sigmoid_np
 
 
@@ -72,49 +71,35 @@ def calibrate_runs(
         raise ConfigError(f"per-run calibration needs --tta none or flips; got {tta!r}")
     if not run_dirs:
         raise RunDirError("no run directory given")
-    with contextlib.ExitStack() as locks:  # one writer per run directory: calibration.json goes into each
-        for run_dir in sorted({Path(r).resolve() for r in run_dirs}):
-            locks.enter_context(run_lock(run_dir, "calibrate"))
-        return _calibrate_runs([read_run(r) for r in run_dirs], tta, combine, data, bs, workers, device, progress)
-
-
-def _calibrate_runs(
-    runs: list[TrainedRun],
-    tta: str,
-    combine: str,
-    data: Path | str | None,
-    bs: int,
-    workers: int,
-    device: str | None,
-    progress: Callable[[int], None] | None,
-) -> dict[str, Any]:
-    run_dirs = [run.run_dir for run in runs]
-    records, frames = [], []
-    for run_dir, run in zip(run_dirs, runs, strict=True):
-        oof, views = oof_views(run, tta, data, bs, workers, device, progress)
-        y = oof["target"].to_numpy(float)
-        try:
-            cal, record = fit_run(views, y, tta, combine)
-        except RunDirError as e:
-            raise RunDirError(f"{run_dir}: {e}") from e
-        records.append(record | dict(run=str(run_dir)))
-        frames.append(oof.assign(raw=_combine(views, combine), calibrated=_combine(cal.apply(views), combine)))
-    for run_dir, record in zip(run_dirs, records, strict=True):
-        write_run_calibration(run_dir, {k: v for k, v in record.items() if k != "run"})
-    # the ensemble on out-of-fold cadences: an id predicted by several runs is combined across them, as predict does
-    oof = pd.concat(frames, ignore_index=True)
-    cols = ["raw", "calibrated"]
-    if combine == "prob":
-        oof[cols] = sigmoid_np(oof[cols].to_numpy())
-    ens = oof.groupby("id", sort=False).agg({"target": "first", "raw": "mean", "calibrated": "mean"})
-    if combine == "prob":
-        ens[cols] = logit_np(ens[cols].to_numpy())
-    y, raw = ens["target"].to_numpy(float), ens["raw"].to_numpy(float)
-    t = fit_temperature(raw, y)
-    ensemble = {
-        "none": scores(raw, y),
-        f"pooled T={t:.3f}": scores(raw / t, y),
-        "per-run": scores(ens["calibrated"].to_numpy(float), y),
-    }
-    oof = ens.reset_index()[["id", "target", "raw", "calibrated"]]
-    return dict(runs=records, ensemble=ensemble, n=len(ens), tta=tta, combine=combine, oof=oof)
+    with lock_runs(run_dirs, "calibrate"):  # one writer per run directory: calibration.json goes into each
+        runs = [read_run(r) for r in run_dirs]
+        run_dirs = [run.run_dir for run in runs]
+        records, frames = [], []
+        for run_dir, run in zip(run_dirs, runs, strict=True):
+            oof, views = oof_views(run, tta, data, bs, workers, device, progress)
+            y = oof["target"].to_numpy(float)
+            try:
+                cal, record = fit_run(views, y, tta, combine)
+            except RunDirError as e:
+                raise RunDirError(f"{run_dir}: {e}") from e
+            records.append(record | dict(run=str(run_dir)))
+            frames.append(oof.assign(raw=_combine(views, combine), calibrated=_combine(cal.apply(views), combine)))
+        for run_dir, record in zip(run_dirs, records, strict=True):
+            write_run_calibration(run_dir, {k: v for k, v in record.items() if k != "run"})
+        # the ensemble on out-of-fold cadences: an id predicted by several runs is combined across them, as predict does
+        oof = pd.concat(frames, ignore_index=True)
+        cols = ["raw", "calibrated"]
+        if combine == "prob":
+            oof[cols] = sigmoid_np(oof[cols].to_numpy())
+        ens = oof.groupby("id", sort=False).agg({"target": "first", "raw": "mean", "calibrated": "mean"})
+        if combine == "prob":
+            ens[cols] = logit_np(ens[cols].to_numpy())
+        y, raw = ens["target"].to_numpy(float), ens["raw"].to_numpy(float)
+        t = fit_temperature(raw, y)
+        ensemble = {
+            "none": scores(raw, y),
+            f"pooled T={t:.3f}": scores(raw / t, y),
+            "per-run": scores(ens["calibrated"].to_numpy(float), y),
+        }
+        oof = ens.reset_index()[["id", "target", "raw", "calibrated"]]
+        return dict(runs=records, ensemble=ensemble, n=len(ens), tta=tta, combine=combine, oof=oof)
