@@ -28,8 +28,8 @@ from seti_fastai.learn.callbacks import RunRecorder
 from seti_fastai.learn.plan import run_state
 from seti_fastai.learn.train import train_fold
 from seti_fastai.model.checkpoint import load_checkpoint, load_weights
-from seti_fastai.model.models import build_model, create_backbone
-from seti_fastai.model.pretrained import is_network_error
+from seti_fastai.model.models import build_model
+from seti_fastai.model.pretrained import create_backbone, is_network_error
 
 ROOT = Path(__file__).resolve().parents[1]
 FAULT = dict(epochs=2, mixup_p=0.5, affine_p=0.0, motion_blur_p=0.0)  # flips, SpecAugment, mixup: still random

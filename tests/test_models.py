@@ -8,8 +8,8 @@ import torch
 from seti_fastai.config import build_config
 from seti_fastai.errors import ConfigError
 from seti_fastai.model.heads import SetiLoss, log_odds, roc_auc
-from seti_fastai.model.models import build_model, create_backbone, param_groups
-from seti_fastai.model.pretrained import check_arch
+from seti_fastai.model.models import build_model, param_groups
+from seti_fastai.model.pretrained import check_arch, create_backbone
 from seti_fastai.model.resize import RESIZE_MODES, LearnedResizer, resize_image
 
 OFFLINE = {"pretrained": False}  # random weights: no test reaches the network

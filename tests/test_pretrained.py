@@ -19,8 +19,8 @@ from seti_fastai.config import TrainConfig, build_config, load_run_config, save_
 from seti_fastai.errors import ConfigError
 from seti_fastai.evaluate.predict import load_run
 from seti_fastai.learn.plan import resolve_pretrained
-from seti_fastai.model.models import build_model, create_backbone
-from seti_fastai.model.pretrained import pretrained_name, weights_file
+from seti_fastai.model.models import build_model
+from seti_fastai.model.pretrained import create_backbone, pretrained_name, weights_file
 
 NAME = "test_efficientnet.r160_in1k"  # what a pretrained test_efficientnet resolves to
 

@@ -7,22 +7,10 @@ part of the state dict (`_extra_state`), so `model.pth` always carries the size 
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import timm
 import torch
 from torch import nn
 
-from seti_fastai.errors import ConfigError
-from seti_fastai.model.pretrained import (
-    OFFLINE_HINT,
-    _first_line,
-    _from_hub,
-    _load_file,
-    is_network_error,
-    pretrained_name,
-    weights_file,
-)
+from seti_fastai.model.pretrained import create_backbone
 from seti_fastai.model.resize import LearnedResizer, Resize, _size_pair
 
 
@@ -48,44 +36,6 @@ class SetiModel(nn.Module):
 
     def set_extra_state(self, state: dict) -> None:
         self.set_size(tuple(state["size"]))
-
-
-def create_backbone(
-    arch: str,
-    in_chans: int,
-    n_out: int,
-    drop_rate: float = 0.0,
-    drop_path_rate: float = 0.0,
-    pretrained: bool = False,
-    pretrained_weights: str | Path | None = None,
-    pretrained_source: str | None = None,
-) -> nn.Module:
-    """A timm model with `in_chans` input channels and `n_out` outputs.
-
-    With `pretrained` or `pretrained_weights` the model built is `pretrained_source` (default: `pretrained_name(arch)`)
-    and starts from the weights of the file, else of timm's hub (or its cache); without either it is
-    `pretrained_source` (the architecture a pretrained run was built as) or `arch`, with random weights. The name is
-    checked where it comes in (the run plan, `read_run`): an unknown one here is timm's own error.
-    """
-    kwargs: dict = dict(in_chans=in_chans, num_classes=n_out, drop_rate=drop_rate)
-    if drop_path_rate > 0:
-        kwargs["drop_path_rate"] = drop_path_rate
-    if pretrained_weights is not None or pretrained:
-        name = pretrained_source or pretrained_name(arch, required=pretrained_weights is None)
-    else:
-        name = pretrained_source or arch
-    if pretrained_weights is not None:
-        return _load_file(name, weights_file(pretrained_weights, name), kwargs)
-    if pretrained:
-        try:
-            return _from_hub(name, kwargs)
-        except Exception as e:
-            detail = f"{type(e).__name__}: {_first_line(e)}"
-            if is_network_error(e):
-                offline = f"could not download pretrained weights for {name} (offline?): no network ({detail})"
-                raise ConfigError(f"{offline}; {OFFLINE_HINT}") from e
-            raise ConfigError(f"pretrained weights for {name} failed to load ({detail})") from e
-    return timm.create_model(name, pretrained=False, **kwargs)
 
 
 def build_model(cfg, in_chans: int, load_pretrained: bool = True) -> SetiModel:

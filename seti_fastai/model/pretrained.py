@@ -1,6 +1,6 @@
-"""timm names and their weights: the architecture check, the pretrained variant of a name, weights from a local
-file or folder, from timm's hub (or its cache), and a one-line error that names the offline way when the network is
-out of reach."""
+"""timm backbones and their weights: the architecture check, the pretrained variant of a name, weights from a local
+file or folder, from timm's hub (or its cache), a one-line error that names the offline way when the network is out
+of reach, and `create_backbone`, which puts these together."""
 
 from __future__ import annotations
 
@@ -210,3 +210,41 @@ def describe_pretrained(cfg) -> str | None:
         return f"{cfg.arch}: weights from {start}{built}" if built else None
     where = cfg.pretrained_weights or "timm's hub (or its cache)"
     return f"{cfg.arch}: pretrained weights {name} from {where}{built}"
+
+
+def create_backbone(
+    arch: str,
+    in_chans: int,
+    n_out: int,
+    drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+    pretrained: bool = False,
+    pretrained_weights: str | Path | None = None,
+    pretrained_source: str | None = None,
+) -> nn.Module:
+    """A timm model with `in_chans` input channels and `n_out` outputs.
+
+    With `pretrained` or `pretrained_weights` the model built is `pretrained_source` (default: `pretrained_name(arch)`)
+    and starts from the weights of the file, else of timm's hub (or its cache); without either it is
+    `pretrained_source` (the architecture a pretrained run was built as) or `arch`, with random weights. The name is
+    checked where it comes in (the run plan, `read_run`): an unknown one here is timm's own error.
+    """
+    kwargs: dict = dict(in_chans=in_chans, num_classes=n_out, drop_rate=drop_rate)
+    if drop_path_rate > 0:
+        kwargs["drop_path_rate"] = drop_path_rate
+    if pretrained_weights is not None or pretrained:
+        name = pretrained_source or pretrained_name(arch, required=pretrained_weights is None)
+    else:
+        name = pretrained_source or arch
+    if pretrained_weights is not None:
+        return _load_file(name, weights_file(pretrained_weights, name), kwargs)
+    if pretrained:
+        try:
+            return _from_hub(name, kwargs)
+        except Exception as e:
+            detail = f"{type(e).__name__}: {_first_line(e)}"
+            if is_network_error(e):
+                offline = f"could not download pretrained weights for {name} (offline?): no network ({detail})"
+                raise ConfigError(f"{offline}; {OFFLINE_HINT}") from e
+            raise ConfigError(f"pretrained weights for {name} failed to load ({detail})") from e
+    return timm.create_model(name, pretrained=False, **kwargs)
