@@ -56,6 +56,7 @@ def plan_run(
     init_distributed()
     run_dir = cfg.run_dir()  # checked as a folder by its lock (`lock_run`), which every writer takes first
     checkpoint = check_run_dir(run_dir, cfg.resume) if fresh else None
+    conflicts: list[str] = []
     if checkpoint is not None:
         saved = load_run_config(run_dir)
         conflicts = resume_conflicts(saved, cfg, given)
@@ -71,9 +72,8 @@ def plan_run(
     init_weights = init_source(cfg) if cfg.init_from else None
     image = ImageRecipe.from_config(cfg)
     aug = AugRecipe.from_config(cfg, image)
-    ignored = tuple(conflicts) if checkpoint is not None else ()
     precision, channels_last = device_precision(cfg), uses_channels_last(cfg)
-    return RunPlan(cfg, run_dir, image, aug, precision, channels_last, checkpoint, init_weights, ignored)
+    return RunPlan(cfg, run_dir, image, aug, precision, channels_last, checkpoint, init_weights, tuple(conflicts))
 
 
 def lock_run(cfg: TrainConfig, command: str) -> contextlib.AbstractContextManager[RunLock]:
