@@ -316,7 +316,7 @@ def train_cmd(overrides: dict[str, Any], config: Path | None, all_folds: bool, q
         with lock_run(run_cfg, "train") as lock:  # one writer per run directory
             if lock.took_over:
                 echo(f"{run_dir}: took over the lock of {lock.took_over}, which is no longer running")
-            plan = plan_run(run_cfg, given=given, strict=not all_folds)  # resolves the pretrained name, too
+            plan = plan_run(run_cfg, given=given, strict=not all_folds, say=echo)  # pretrained name, background
             if plan.ignored:
                 echo(f"{run_dir}: goes on with its saved config.yaml, not {', '.join(plan.ignored)}")
             if plan.checkpoint is not None and not all_folds:
@@ -343,7 +343,7 @@ def lr_find_cmd(overrides: dict[str, Any], config: Path | None, quiet: bool) -> 
     from seti_fastai.learn.plan import plan_run
     from seti_fastai.model.pretrained import describe_pretrained
 
-    plan = plan_run(build_config(config, overrides), fresh=False)
+    plan = plan_run(build_config(config, overrides), fresh=False, say=typer.echo)
     if line := describe_pretrained(plan.cfg):
         typer.echo(line)
     result = run_lr_find(plan, quiet=quiet)
@@ -414,12 +414,20 @@ def calibrate_cmd(
     out: Annotated[
         Path | None, typer.Option(help="--pooled: output file [default: calibration.json beside the runs].")
     ] = None,
+    stack: Annotated[
+        str,
+        typer.Option(
+            help="on: stack each run with the de-Doppler reference (its score joins the calibration's logistic "
+            "fit); auto: stack where that lowers the cross-validated out-of-fold log-loss; off."
+        ),
+    ] = "auto",
     bs: BatchSize = 64,
     workers: LoaderWorkers = LOADER_WORKERS,
     device: Device = None,
 ) -> None:
-    """Fit each run's temperature and bias on its own out-of-fold cadences, predicted with --tta and --combine as
-    predict will, and save calibration.json in each run directory (--pooled: one temperature for all runs)."""
+    """Fit each run's temperature and bias (stacked with the de-Doppler reference where it helps) on its own
+    out-of-fold cadences, predicted with --tta and --combine as predict will, and save calibration.json in each run
+    directory (--pooled: one temperature for all runs)."""
     from seti_fastai.evaluate.calibration import calibrate
 
     if pooled:
@@ -437,11 +445,17 @@ def calibrate_cmd(
     from seti_fastai.evaluate.calibrate import calibrate_runs
 
     with tqdm(unit="cadence", desc="calibrate", file=sys.stderr) as bar:
-        r = calibrate_runs(run_dirs, tta, combine, data, bs, workers, device, progress=bar.update)
+        r = calibrate_runs(run_dirs, tta, combine, data, bs, workers, device, progress=bar.update, stack=stack)
     for rec in r["runs"]:
         flat = "; T at its bound: no better than chance on its OOF, flattened to the prior" if rec["flat"] else ""
+        stacked = f", reference weight {rec['reference_weight']:.3f}" if rec["stacked"] else ""
+        if "cv_logloss_stacked" in rec:
+            stacked += (
+                f" (cross-validated log-loss {rec['cv_logloss_plain']:.4f} plain, {rec['cv_logloss_stacked']:.4f} "
+                f"stacked: {'stacked' if rec['stacked'] else 'not stacked'})"
+            )
         typer.echo(
-            f"{rec['run']}: T {rec['temperature']:.4f}, b {rec['bias']:+.4f} on {rec['n']} cadences; "
+            f"{rec['run']}: T {rec['temperature']:.4f}, b {rec['bias']:+.4f}{stacked} on {rec['n']} cadences; "
             f"log-loss {rec['logloss_before']:.4f} -> {rec['logloss_after']:.4f}, "
             f"ECE {rec['ece_before']:.4f} -> {rec['ece_after']:.4f}{flat}"
         )

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from seti_fastai.data.layouts import LAYOUTS, ImageRecipe
+from seti_fastai.data.layouts import BACKGROUNDS, LAYOUTS, ImageRecipe
 from seti_fastai.errors import ConfigError
 
 HEADS = ("bce", "ce")
@@ -27,6 +27,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUG_DEVICES = ("cpu", "gpu")
 PACKED = ("auto", "on", "off")
 LOGS = ("csv", "tensorboard", "wandb")
+BACKGROUND_CHOICES = ("auto", *BACKGROUNDS)  # auto is resolved by the run plan (`learn.datablock.resolve_background`)
 
 
 def opt(default: Any, help: str) -> Any:
@@ -51,7 +52,10 @@ class TrainConfig:
     panels: str = opt("on", "on: panels 0, 2, 4; all: the six panels")
     layout: str = opt("stack", "; ".join(f"{name}: {layout.help}" for name, layout in LAYOUTS.items()))
     background: str = opt(
-        "none", "subtract: remove the background shared with overlapping cadences (needs matches.csv)"
+        "auto",
+        "subtract: remove the background shared with overlapping cadences (needs matches.csv); auto: subtract, "
+        "matching the data first when no matches.csv is found (beside the data or in --out); none. config.yaml "
+        "records what auto resolved to",
     )
     matches: str | None = opt(None, "matches.csv of `seti-fastai match` [default: beside the data, else in --out]")
     max_partners: int = opt(2, "overlapping partners used to cover the band when subtracting the background")
@@ -141,7 +145,8 @@ class TrainConfig:
             if getattr(self, name) not in options:
                 raise ConfigError(f"{name} must be one of {', '.join(options)}; got {getattr(self, name)!r}")
 
-        ImageRecipe.from_config(self)  # panels, layout, background, resize_mode
+        choose("background", BACKGROUND_CHOICES)
+        ImageRecipe.from_config(self, background="none")  # panels, layout, resize_mode
         choose("head", HEADS)
         choose("stage", STAGES)
         choose("mixup_label", MIXUP_LABELS)
@@ -300,6 +305,8 @@ def resume_conflicts(saved: TrainConfig, cfg: TrainConfig, given: Collection[str
     conflicts = []
     for name in names:
         mine, theirs = getattr(cfg, name), getattr(saved, name)
+        if name == "background" and mine == "auto":  # the saved run holds what auto resolved to
+            continue
         if name in PATH_FIELDS and mine is not None and theirs is not None:
             mine, theirs = Path(mine).resolve(), Path(theirs).resolve()
         if mine != theirs:

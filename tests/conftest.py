@@ -58,6 +58,7 @@ def tiny_overrides(data, out, **extra):
         resizer=False,
         lr=1e-2,
         pretrained=False,
+        background="none",  # auto would write matches.csv into the shared data sets; tests/test_background.py runs it
     )
     values.update(extra)
     return values

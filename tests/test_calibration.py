@@ -104,7 +104,7 @@ def run_copies(trained_runs, tmp_path):
 
 def test_predict_applies_each_runs_own_calibration(synth_data, run_copies):
     root, _ = synth_data
-    result = calibrate_runs(run_copies, tta="flips", combine="prob")
+    result = calibrate_runs(run_copies, tta="flips", combine="prob", stack="off")
     for run, record in zip(run_copies, result["runs"], strict=True):
         saved = json.loads((run / "calibration.json").read_text())
         assert saved["tta"] == "flips" and saved["combine"] == "prob" and saved["n"] == 16 and saved["views"] == 2
@@ -179,7 +179,7 @@ def test_calibrate_then_predict_commands(synth_data, run_copies, tmp_path):
     assert result.stdout.count(", b ") == 2 and "ensemble out-of-fold (32 cadences, tta flips" in result.stdout
     assert all(name in result.stdout for name in ("  none ", "  pooled T=", "  per-run "))
     result = _cli("predict", *run_copies, "--data", root, "--out", sub, "--tta", "flips", "--workers", 0)
-    assert result.exit_code == 0 and result.stdout.startswith("per-run calibration (tta flips, combine prob)")
+    assert result.exit_code == 0 and result.stdout.startswith("per-run calibration (tta flips, combine prob")
     result = _cli("predict", *run_copies, "--data", root, "--out", tmp_path / "s2.csv", "--workers", 0)
     assert result.exit_code == 2 and result.stderr.count("\n") == 1 and "fitted for --tta flips" in result.stderr
     assert not (tmp_path / "s2.csv").exists()
@@ -189,3 +189,72 @@ def test_calibrate_then_predict_commands(synth_data, run_copies, tmp_path):
     assert result.exit_code == 0 and "per-run" not in result.stdout
     result = _cli("calibrate", *run_copies, "--out", tmp_path / "c.json")
     assert result.exit_code == 2 and "--out applies to --pooled" in result.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# stacking with the de-Doppler reference
+
+
+def _stack_case(n: int, rng: np.random.Generator, informative: bool):
+    """Labels, a run's log-odds that see half of the evidence, and reference scores that see the other half (or
+    nothing, when not `informative`)."""
+    y = (rng.random(n) < 0.2).astype(float)
+    z = 1.2 * (rng.normal(0, 1, n) + 1.0 * y) - 1.0
+    snr = 2.5 + np.abs(rng.normal(0, 0.5, n)) + (np.exp(rng.normal(0.0, 0.7, n)) * y if informative else 0.0)
+    return y, z, snr
+
+
+def test_stacked_fit_with_one_view_is_a_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    from seti_fastai.evaluate.calibration import fit_stacked, reference_feature
+
+    y, z, snr = _stack_case(3000, np.random.default_rng(0), informative=True)
+    t, b, w = fit_stacked(z, reference_feature(snr), y)
+    lr = LogisticRegression(C=np.inf, max_iter=1000).fit(np.c_[z, reference_feature(snr)], y)
+    assert 1 / t == pytest.approx(lr.coef_[0, 0], rel=5e-3) and w == pytest.approx(lr.coef_[0, 1], rel=5e-3)
+    assert b == pytest.approx(lr.intercept_[0], rel=5e-3)
+
+
+def test_stack_auto_stacks_an_informative_reference_and_not_a_useless_one():
+    rng = np.random.default_rng(1)
+    y, z, snr = _stack_case(2000, rng, informative=True)
+    cal, record = fit_run(z[None], y, "none", "prob", snr, "auto")
+    assert cal.stacked and record["stacked"] and cal.reference_weight > 0.5
+    assert record["cv_logloss_stacked"] < record["cv_logloss_plain"]
+    assert roc_auc_score(y, cal.apply(z[None], snr)[0]) > roc_auc_score(y, z) + 0.03
+    y, z, snr = _stack_case(2000, rng, informative=False)
+    cal, record = fit_run(z[None], y, "none", "prob", snr, "auto")
+    assert not cal.stacked and cal.reference_weight == 0.0
+    assert record["cv_logloss_stacked"] > record["cv_logloss_plain"] * 0.99
+    with pytest.raises(ConfigError, match="stack must be one of auto, on, off"):
+        fit_run(z[None], y, "none", "prob", snr, "yes")
+
+
+def test_predict_with_a_stacked_calibration_adds_the_reference_of_the_same_cadences(synth_data, run_copies):
+    from seti_fastai.evaluate.calibration import reference_feature
+    from seti_fastai.evaluate.dedoppler import score_files
+
+    root, _ = synth_data
+    result = calibrate_runs(run_copies, tta="none", stack="on")
+    assert all(r["stacked"] for r in result["runs"])
+    oof = result["oof"]
+    assert oof["reference"].notna().all() and len(oof) == 32
+    resolved = resolve_calibration(run_copies, "auto", "none", "prob")
+    assert resolved.stacked and "stacked with the de-Doppler reference" in resolved.describe()
+    got = predict(run_copies, root, run_calibrations=resolved.runs)["target"].to_numpy()
+
+    kaggle = KaggleData(root)
+    paths = kaggle.paths("test", kaggle.read_labels("test")["id"].tolist())
+    feature = reference_feature(score_files(paths)["score"].to_numpy())  # the reference, read separately
+    x = torch.stack([torch.from_numpy(ImageRecipe().to_image(load_cadence(p))) for p in paths])
+    per_run = []
+    for run in run_copies:
+        _, model = load_run(run)
+        cal = read_run_calibration(run)
+        saved = json.loads((run / "calibration.json").read_text())
+        assert cal.stacked and cal.reference_weight == pytest.approx(saved["reference_weight"])
+        with torch.no_grad():
+            z = log_odds(model(x)).numpy()
+        per_run.append(sigmoid_np(z / cal.temperature + cal.bias + cal.reference_weight * feature))
+    np.testing.assert_allclose(got, np.mean(per_run, axis=0), rtol=1e-4, atol=1e-6)

@@ -265,6 +265,24 @@ def match_cadences(
     return pairs_to_matches(match_fingerprints(fps, min_overlap, min_similarity), index)
 
 
+def find_or_match(
+    data: Path | str, work_dir: Path | str, say: Callable[[str], None] | None = None, workers: int = 0
+) -> Path:
+    """The `matches.csv` of `data` (found beside it or in `work_dir`, as `derived_path` finds derived files); when
+    there is none, match every split the folder holds (seconds for thousands of cadences), write it there and say
+    so first (`say`, one line). What `--background auto` resolves to."""
+    from seti_fastai.io import atomic_write_csv, derived_path
+
+    path = derived_path(data, "matches.csv", work_dir)
+    if path.is_file():
+        return path
+    kaggle = KaggleData(data)
+    chosen = splits_to_match(kaggle)
+    if say is not None:
+        say(f"--background auto: no matches.csv for {kaggle.root}; matching {', '.join(chosen)} first -> {path}")
+    return atomic_write_csv(match_cadences(kaggle, chosen, workers=workers), path)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Reading matches.csv and using it
 
@@ -282,7 +300,10 @@ def _check_known(path: Path, df: pd.DataFrame, known_ids: set[str]) -> None:
     if len(rows):
         i = int(rows[0])
         col = "id" if unknown["id"].iloc[i] else "partner"
-        raise DataLayoutError(f"{path}: row {i + 2}: unknown {col} {df[col].iloc[i]!r}")
+        raise DataLayoutError(
+            f"{path}: row {i + 2}: unknown {col} {df[col].iloc[i]!r} (a matches file of other data? "
+            "make this data's with `seti-fastai match DATA`)"
+        )
 
 
 def read_matches(path: Path | str, known_ids: set[str] | None = None) -> pd.DataFrame:

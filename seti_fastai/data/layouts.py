@@ -170,9 +170,10 @@ class ImageRecipe:
         _choose("resize_mode", self.resize_mode, RESIZE_MODES)
 
     @classmethod
-    def from_config(cls, cfg) -> ImageRecipe:
-        """The recipe of a `TrainConfig` (or any object with these fields)."""
-        return cls(cfg.panels, cfg.layout, cfg.standardize, cfg.background, cfg.resize_mode)
+    def from_config(cls, cfg, background: str | None = None) -> ImageRecipe:
+        """The recipe of a `TrainConfig` (or any object with these fields) whose background is resolved (not auto),
+        or with `background` instead of the config's."""
+        return cls(cfg.panels, cfg.layout, cfg.standardize, background or cfg.background, cfg.resize_mode)
 
     @property
     def layout_of(self) -> Layout:

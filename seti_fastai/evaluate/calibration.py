@@ -35,6 +35,11 @@ RUN_TTAS = ("none", "flips")  # fastai TTA (--tta N) mixes random augmented pass
 MODES = ("auto", "per-run", "pooled", "none")
 FILE = "calibration.json"
 BOUNDS = [(-5.0, 5.0), (-20.0, 20.0)]  # log T, b: T = e^5 ~ 148 flattens a run that ranks no better than chance
+# b, w when stacked: w of the reference feature >= 0 (a higher score never lowers the probability); w * feature of
+# noise alone is w * ~1.3, which b offsets, hence b's wider range
+STACK_BOUNDS = [BOUNDS[0], (-100.0, 100.0), (0.0, 50.0)]
+STACKS = ("auto", "on", "off")  # calibrate --stack: auto stacks when it lowers the cross-validated OOF log-loss
+STACK_MIN_GAIN = 0.01  # ... by at least 1 %: a feature of pure noise lowers it by up to ~0.1 % by chance (measured)
 
 
 def combine(z: np.ndarray, rule: str, axis: int = 0) -> np.ndarray:
@@ -54,11 +59,23 @@ def fit_temperature(z: np.ndarray, y: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
-def _views_loss(params: np.ndarray, views: np.ndarray, y: np.ndarray, rule: str) -> tuple[float, np.ndarray]:
-    """Log-loss of `combine(views / T + b)` and its gradient in (log T, b); `views` is (n_views, n)."""
-    log_t, b = params
+def reference_feature(score: np.ndarray) -> np.ndarray:
+    """What stacking adds to a run's log-odds from the de-Doppler reference score (unit-noise SNR of the best path):
+    log(1 + max(score, 0)). A logarithm, because the SNR of bright needles runs into the hundreds while the
+    evidence it adds levels off; negative scores (OFF brighter than ON) all say "no needle" alike."""
+    return np.log1p(np.maximum(np.asarray(score, float), 0.0))
+
+
+def _views_loss(
+    params: np.ndarray, views: np.ndarray, y: np.ndarray, rule: str, feature: np.ndarray | None = None
+) -> tuple[float, np.ndarray]:
+    """Log-loss of `combine(views / T + b [+ w * feature])` and its gradient in (log T, b[, w]); `views` is
+    (n_views, n), `feature` (n,)."""
+    log_t, b = params[:2]
     a = np.exp(-log_t)
     u = a * views + b
+    if feature is not None:
+        u = u + params[2] * feature
     if rule == "logit" or len(views) == 1:
         zc = u.mean(axis=0)
         loss = log_loss(zc, y)
@@ -72,7 +89,14 @@ def _views_loss(params: np.ndarray, views: np.ndarray, y: np.ndarray, rule: str)
         share_1w = np.exp(log_1w - logsumexp(log_1w, axis=0))  # d log(1-p) / d u_v = -share_1w * w_v
         du = -y * share_w * np.exp(log_1w) + (1 - y) * share_1w * np.exp(log_w)
     da, db = float(np.mean((du * views).sum(axis=0))), float(np.mean(du.sum(axis=0)))
-    return loss, np.array([-a * da, db])
+    if feature is None:
+        return loss, np.array([-a * da, db])
+    return loss, np.array([-a * da, db, float(np.mean(du.sum(axis=0) * feature))])
+
+
+def _check_two_classes(y: np.ndarray) -> None:
+    if y.min() == y.max():
+        raise RunDirError("the out-of-fold cadences hold one class only; cannot calibrate")
 
 
 def fit_temperature_bias(views: np.ndarray, y: np.ndarray, rule: str = "prob") -> tuple[float, float]:
@@ -85,10 +109,47 @@ def fit_temperature_bias(views: np.ndarray, y: np.ndarray, rule: str = "prob") -
     log T keeps T > 0: a run that ranks below chance cannot silently have its ranking reversed."""
     views = np.atleast_2d(np.asarray(views, float))
     y = np.asarray(y, float)
-    if y.min() == y.max():
-        raise RunDirError("the out-of-fold cadences hold one class only; cannot calibrate")
+    _check_two_classes(y)
     result = minimize(_views_loss, np.zeros(2), args=(views, y, rule), jac=True, method="L-BFGS-B", bounds=BOUNDS)
     return float(np.exp(result.x[0])), float(result.x[1])
+
+
+def fit_stacked(
+    views: np.ndarray, feature: np.ndarray, y: np.ndarray, rule: str = "prob"
+) -> tuple[float, float, float]:
+    """(T, b, w) minimising the log-loss of `combine(views / T + b + w * feature, rule)`: the per-run calibration
+    with the reference's evidence added to every view. With one view, an unpenalised logistic regression on
+    (logit, feature) (a test checks it against scikit-learn's); fitted as `fit_temperature_bias` is, for its reasons.
+    """
+    views = np.atleast_2d(np.asarray(views, float))
+    y, feature = np.asarray(y, float), np.asarray(feature, float)
+    _check_two_classes(y)
+    result = minimize(
+        _views_loss, np.zeros(3), args=(views, y, rule, feature), jac=True, method="L-BFGS-B", bounds=STACK_BOUNDS
+    )
+    return float(np.exp(result.x[0])), float(result.x[1]), float(result.x[2])
+
+
+def cross_validated_logloss(
+    views: np.ndarray, y: np.ndarray, rule: str, feature: np.ndarray | None = None, k: int = 5, seed: int = 0
+) -> float:
+    """Log-loss of the per-run calibration (with `feature`: stacked) fitted on k-1 parts of the out-of-fold cadences
+    and scored on the held-out part, over k stratified parts: what choosing between the two may compare."""
+    from sklearn.model_selection import StratifiedKFold
+
+    views, y = np.atleast_2d(np.asarray(views, float)), np.asarray(y, float)
+    k = int(min(k, y.sum(), len(y) - y.sum()))
+    if k < 2:
+        raise RunDirError("too few positives or negatives among the out-of-fold cadences to compare calibrations")
+    held = np.zeros(len(y))
+    for fit, test in StratifiedKFold(k, shuffle=True, random_state=seed).split(views.T, y):
+        if feature is None:
+            t, b = fit_temperature_bias(views[:, fit], y[fit], rule)
+            held[test] = combine(views[:, test] / t + b, rule)
+        else:
+            t, b, w = fit_stacked(views[:, fit], feature[fit], y[fit], rule)
+            held[test] = combine(views[:, test] / t + b + w * feature[test], rule)
+    return log_loss(held, y)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -97,26 +158,58 @@ def fit_temperature_bias(views: np.ndarray, y: np.ndarray, rule: str = "prob") -
 
 @dataclasses.dataclass(frozen=True)
 class RunCalibration:
-    """A run's `z' = z / T + b`, valid for the TTA views and combine rule it was fitted with."""
+    """A run's `z' = z / T + b (+ w * reference_feature(score) when stacked with the de-Doppler reference)`, valid
+    for the TTA views and combine rule it was fitted with."""
 
     temperature: float
     bias: float
     tta: str
     combine: str
     path: str = ""
+    reference_weight: float = 0.0  # w; stacked when `stacked`
+    stacked: bool = False
 
-    def apply(self, z: np.ndarray) -> np.ndarray:
-        return z / self.temperature + self.bias
+    def apply(self, z: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+        """Calibrated log-odds of views `z` (n_views, n) or (n,); a stacked calibration needs the cadences'
+        de-Doppler `reference` scores (n,)."""
+        out = z / self.temperature + self.bias
+        if not self.stacked:
+            return out
+        if reference is None:
+            raise ValueError("a stacked calibration needs the de-Doppler reference scores")
+        return out + self.reference_weight * reference_feature(reference)
 
 
-def fit_run(views: np.ndarray, y: np.ndarray, tta: str, rule: str) -> tuple[RunCalibration, dict[str, Any]]:
-    """Fit one run on its out-of-fold views; returns the calibration and the record saved in `calibration.json`."""
-    t, b = fit_temperature_bias(views, y, rule)
-    cal = RunCalibration(t, b, tta, rule)
-    before, after = scores(combine(views, rule), y), scores(combine(cal.apply(views), rule), y)
+def fit_run(
+    views: np.ndarray, y: np.ndarray, tta: str, rule: str, reference: np.ndarray | None = None, stack: str = "off"
+) -> tuple[RunCalibration, dict[str, Any]]:
+    """Fit one run on its out-of-fold views; returns the calibration and the record saved in `calibration.json`.
+    `stack` (with the cadences' de-Doppler `reference` scores): on stacks the reference into the calibration; auto
+    stacks when that lowers the cross-validated out-of-fold log-loss by `STACK_MIN_GAIN` (both figures go into the
+    record)."""
+    if stack not in STACKS:
+        raise ConfigError(f"stack must be one of {', '.join(STACKS)}; got {stack!r}")
+    extra: dict[str, Any] = {}
+    stacked = stack != "off"
+    if stacked:
+        if reference is None:
+            raise ValueError("stacking needs the de-Doppler reference scores")
+        feature = reference_feature(reference)
+        if stack == "auto":
+            plain_cv = cross_validated_logloss(views, y, rule)
+            stacked_cv = cross_validated_logloss(views, y, rule, feature)
+            stacked = stacked_cv < plain_cv * (1 - STACK_MIN_GAIN)
+            extra = dict(cv_logloss_plain=plain_cv, cv_logloss_stacked=stacked_cv)
+    if stacked:
+        t, b, w = fit_stacked(views, feature, y, rule)
+    else:
+        (t, b), w = fit_temperature_bias(views, y, rule), 0.0
+    cal = RunCalibration(t, b, tta, rule, reference_weight=w, stacked=stacked)
+    before, after = scores(combine(views, rule), y), scores(combine(cal.apply(views, reference), rule), y)
     record = dict(
-        kind="per-run", temperature=t, bias=b, tta=tta, combine=rule, views=len(views), n=len(y),
-        positives=int(y.sum()), flat=bool(np.log(t) > BOUNDS[0][1] - 1e-3),
+        kind="per-run", temperature=t, bias=b, tta=tta, combine=rule, stacked=stacked, reference_weight=w,
+        views=len(views), n=len(y), positives=int(y.sum()), flat=bool(np.log(t) > BOUNDS[0][1] - 1e-3),
+        **extra,
         **{f"{k}_before": v for k, v in before.items()},
         **{f"{k}_after": v for k, v in after.items()},
     )  # fmt: skip
@@ -138,11 +231,17 @@ def read_run_calibration(run_dir: Path | str) -> RunCalibration:
         d = json.loads(path.read_text())
         if d.get("kind") != "per-run":
             raise ValueError("not a per-run calibration: no kind: per-run")
-        cal = RunCalibration(float(d["temperature"]), float(d["bias"]), str(d["tta"]), str(d["combine"]), str(path))
+        cal = RunCalibration(
+            float(d["temperature"]), float(d["bias"]), str(d["tta"]), str(d["combine"]), str(path),
+            float(d.get("reference_weight", 0.0)), bool(d.get("stacked", False)),
+        )  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise RunDirError(f"{path}: not a per-run calibration file ({e})") from e
-    if not (cal.temperature > 0 and np.isfinite(cal.bias)):
-        raise RunDirError(f"{path}: temperature must be positive and bias finite; got {cal.temperature}, {cal.bias}")
+    if not (cal.temperature > 0 and np.isfinite(cal.bias) and np.isfinite(cal.reference_weight)):
+        raise RunDirError(
+            f"{path}: temperature must be positive, bias and reference_weight finite; got {cal.temperature}, "
+            f"{cal.bias}, {cal.reference_weight}"
+        )
     return cal
 
 
@@ -218,11 +317,17 @@ class Resolved(NamedTuple):
     temperature: float
     source: str
 
+    @property
+    def stacked(self) -> bool:
+        """Whether some run's calibration needs the de-Doppler reference scores of the cadences it predicts."""
+        return any(r.stacked for r in self.runs or [])
+
     def describe(self) -> str:
         if self.mode == "per-run":
             c = self.runs[0]
             ts = ", ".join(f"{r.temperature:.3f}/{r.bias:+.3f}" for r in self.runs)
-            return f"per-run calibration (tta {c.tta}, combine {c.combine}), T/b {ts}"
+            stacked = ", stacked with the de-Doppler reference" if self.stacked else ""
+            return f"per-run calibration (tta {c.tta}, combine {c.combine}{stacked}), T/b {ts}"
         if self.mode == "pooled":
             return f"temperature {self.temperature:.3f} from {self.source}"
         return "no calibration"

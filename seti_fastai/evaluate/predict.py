@@ -15,6 +15,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -37,10 +38,11 @@ from seti_fastai.evaluate.calibration import (
     resolve_calibration,
 )
 from seti_fastai.evaluate.calibration import combine as _combine
+from seti_fastai.evaluate.dedoppler import dedoppler
 from seti_fastai.io import atomic_write_csv
 from seti_fastai.learn.augment import AugRecipe, train_transforms
 from seti_fastai.learn.datablock import loader_kwargs, run_packed, run_partners
-from seti_fastai.learn.transforms import CadenceLoader, Partners
+from seti_fastai.learn.transforms import CadenceLoader, Partners, RawCadence
 from seti_fastai.model.checkpoint import load_weights
 from seti_fastai.model.heads import SetiLoss, log_odds, logit_np, sigmoid_np
 from seti_fastai.model.models import SetiModel, build_model
@@ -118,12 +120,15 @@ def inference_dl(
     device,
     partners: Partners | None = None,
     packed: PackedSources | None = None,
+    reference: bool = False,
 ) -> TfmdDL:
     """Un-shuffled DataLoader over cadence files (or their packed cache), carrying the run's training augmentations
-    (used by fastai's TTA only when it switches the dataset to the training split)."""
+    (used by fastai's TTA only when it switches the dataset to the training split). With `reference`, each batch
+    also holds the six raw panels of its cadences, read in the same pass, for the de-Doppler reference."""
     items = pd.DataFrame({"path": paths})
-    loader = CadenceLoader(run.image, partners, packed)
-    dsets = Datasets(items, tfms=[[ColReader("path"), loader]], do_setup=False)  # setup would read a cadence
+    loader = CadenceLoader(run.image, partners, packed, keep_raw=reference)
+    tfms = [[ColReader("path"), loader]] + ([[ColReader("path"), RawCadence(loader)]] if reference else [])
+    dsets = Datasets(items, tfms=tfms, do_setup=False)  # setup would read a cadence
     return TfmdDL(
         dsets,
         bs=bs,
@@ -148,6 +153,14 @@ def _views_logits(model: torch.nn.Module, x: torch.Tensor, views: list[tuple[int
     return z.view(len(views), x.shape[0]).cpu()
 
 
+class Predicted(NamedTuple):
+    """What one pass over a DataLoader gives: each model's log-odds (n_views, n), and the de-Doppler reference score
+    of each cadence (n,) when the DataLoader carried the raw panels (`inference_dl(reference=True)`)."""
+
+    logits: list[np.ndarray]
+    reference: np.ndarray | None
+
+
 @torch.no_grad()
 def predict_views_runs(
     models: list[torch.nn.Module],
@@ -155,18 +168,23 @@ def predict_views_runs(
     views: list[list[tuple[int, ...]]],
     device,
     progress: Callable[[int], None] | None = None,
-) -> list[np.ndarray]:
+) -> Predicted:
     """Log-odds (n_views, n) of every model: each batch is read once and goes through every model with all of its
-    views (`views[i]` for `models[i]`). `progress` counts cadences per model."""
+    views (`views[i]` for `models[i]`), and through the de-Doppler reference when it holds the raw panels.
+    `progress` counts cadences per model."""
     models = [m.to(device).eval() for m in models]
     out: list[list[torch.Tensor]] = [[] for _ in models]
-    for (x,) in dl:
+    reference: list[torch.Tensor] = []
+    for x, *raw in dl:
         x = x.to(device, non_blocking=True)
+        if raw:
+            reference.append(dedoppler(raw[0].to(device, non_blocking=True).as_subclass(torch.Tensor))[0].cpu())
         for model, model_views, chunks in zip(models, views, out, strict=True):
             chunks.append(_views_logits(model, x, model_views, device))
             if progress is not None:
                 progress(x.shape[0])
-    return [torch.cat(chunks, dim=1).numpy() for chunks in out]
+    scores = torch.cat(reference).double().numpy() if reference else None
+    return Predicted([torch.cat(chunks, dim=1).numpy() for chunks in out], scores)
 
 
 def predict_views(
@@ -175,9 +193,11 @@ def predict_views(
     views: list[tuple[int, ...]],
     device,
     progress: Callable[[int], None] | None = None,
-) -> np.ndarray:
-    """Log-odds (n_views, n) from one batched forward pass per batch: all views go through the model together."""
-    return predict_views_runs([model], dl, [views], device, progress)[0]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Log-odds (n_views, n) from one batched forward pass per batch (all views go through the model together), and
+    the reference scores when `dl` carries the raw panels."""
+    predicted = predict_views_runs([model], dl, [views], device, progress)
+    return predicted.logits[0], predicted.reference
 
 
 def predict_fastai_tta(
@@ -287,12 +307,13 @@ def run_prediction(
                     plan.runs[i].cfg, models[i], run_dl, int(plan.tta), plan.beta, plan.combine
                 )
             continue
-        dl = inference_dl(first, paths, bs, workers, dev, partners, sources)
+        stacked = per_run_cal is not None and any(per_run_cal[i].stacked for i in members)
+        dl = inference_dl(first, paths, bs, workers, dev, partners, sources, reference=stacked)
         views = [flip_views(plan.runs[i].aug) if plan.tta == "flips" else [()] for i in members]
-        zs = predict_views_runs([models[i] for i in members], dl, views, dev, progress)
-        for i, z in zip(members, zs, strict=True):
+        predicted = predict_views_runs([models[i] for i in members], dl, views, dev, progress)
+        for i, z in zip(members, predicted.logits, strict=True):
             if per_run_cal is not None:
-                z = per_run_cal[i].apply(z)
+                z = per_run_cal[i].apply(z, predicted.reference)
             per_run[i] = _combine(z, plan.combine)
     z = _combine(np.stack(per_run), plan.combine) / plan.calibration.temperature
     return pd.DataFrame({"id": list(plan.ids), "target": sigmoid_np(z)})

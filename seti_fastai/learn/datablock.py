@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -106,11 +108,35 @@ def load_partners(data: Path | str, matches: Path | str | None, work_dir: Path |
     return partner_paths(read_matches(path, known), kaggle, max_partners)
 
 
-def run_partners(cfg: TrainConfig, data: Path | str | None = None) -> Partners | None:
-    """The partners a run's background subtraction uses on `data` (default: its training data), or None."""
+def resolve_background(cfg: TrainConfig, say: Callable[[str], None] | None = None) -> TrainConfig:
+    """`cfg` with `--background auto` resolved: subtract, with `matches` set to the data's matches.csv (found beside
+    the data or in `--out`, else made first by `data.background.find_or_match`, which says so through `say`). The
+    resolved values are what config.yaml records, so prediction subtracts as training did."""
+    if cfg.background != "auto":
+        return cfg
+    from seti_fastai.data.background import find_or_match
+
+    matches = cfg.matches or str(find_or_match(cfg.data, cfg.out, say, workers=min(4, cfg.workers)))
+    return dataclasses.replace(cfg, background="subtract", matches=matches)
+
+
+def same_data(a: Path | str, b: Path | str) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def run_partners(
+    cfg: TrainConfig, data: Path | str | None = None, say: Callable[[str], None] | None = None
+) -> Partners | None:
+    """The partners a run's background subtraction uses on `data` (default: its training data), or None. On other
+    data than the run's, that data's own matches.csv (found, or made first as `--background auto` does)."""
+    cfg = resolve_background(cfg, say)
     if cfg.background != "subtract":
         return None
-    return load_partners(data or cfg.data, cfg.matches, cfg.out, cfg.max_partners)
+    if data is not None and not same_data(data, cfg.data):
+        from seti_fastai.data.background import find_or_match
+
+        return load_partners(data, find_or_match(data, cfg.out, say), cfg.out, cfg.max_partners)
+    return load_partners(cfg.data, cfg.matches, cfg.out, cfg.max_partners)
 
 
 def run_packed(
@@ -163,6 +189,7 @@ def get_dls(
     minority class makes up about that share of each batch; with `cfg.sample_weights`, each cadence within its class
     in proportion to its weight. `image` and `aug`: the run's resolved recipes (a `RunPlan` passes its own), else
     resolved here from `cfg`."""
+    cfg = resolve_background(cfg)  # a RunPlan's config is resolved already
     items = training_items(cfg) if items is None else items
     image = image or ImageRecipe.from_config(cfg)
     aug = aug or AugRecipe.from_config(cfg, image)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +22,7 @@ from seti_fastai.config import TrainConfig, load_run_config, resume_conflicts
 from seti_fastai.data.layouts import ImageRecipe
 from seti_fastai.errors import ConfigError, RunDirError
 from seti_fastai.learn.augment import AugRecipe
+from seti_fastai.learn.datablock import resolve_background
 from seti_fastai.learn.distributed import init_distributed, is_main
 from seti_fastai.learn.logs import check_logs
 from seti_fastai.lock import LOCK_NAME, RunLock, run_lock
@@ -46,13 +47,18 @@ class RunPlan:
 
 
 def plan_run(
-    cfg: TrainConfig, fresh: bool = True, given: Collection[str] | None = None, strict: bool = True
+    cfg: TrainConfig,
+    fresh: bool = True,
+    given: Collection[str] | None = None,
+    strict: bool = True,
+    say: Callable[[str], None] | None = None,
 ) -> RunPlan:
     """The plan of a validated config (`build_config` validates). `fresh`: the run directory must be new, or hold
     the interrupted run `--resume` asks for (training); False for a Learner alone (lr-find, notebooks). A resumed run
     goes on exactly as saved (this call's `workers` aside): a field of `given` (the ones the user set; all when None)
     that differs from the saved config is refused, listed in one line, or with `strict=False` (`--all-folds` resuming
-    a fold on its own) left out and listed in the plan's `ignored`."""
+    a fold on its own) left out and listed in the plan's `ignored`. `--background auto` is resolved here (the matcher
+    runs first when the data has no matches.csv, announced through `say`)."""
     init_distributed()
     run_dir = cfg.run_dir()  # checked as a folder by its lock (`lock_run`), which every writer takes first
     checkpoint = check_run_dir(run_dir, cfg.resume) if fresh else None
@@ -67,7 +73,7 @@ def plan_run(
             )
         saved.workers, saved.resume = cfg.workers, True
         cfg = saved
-    cfg = resolve_pretrained(cfg)
+    cfg = resolve_background(resolve_pretrained(cfg), say)
     check_logs(cfg)
     init_weights = init_source(cfg) if cfg.init_from else None
     image = ImageRecipe.from_config(cfg)

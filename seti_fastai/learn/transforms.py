@@ -30,21 +30,44 @@ class CadenceLoader(DisplayedTransform):
     """
 
     def __init__(
-        self, recipe: ImageRecipe = ImageRecipe(), partners: Partners | None = None, packed: PackedSources | None = None
+        self,
+        recipe: ImageRecipe = ImageRecipe(),
+        partners: Partners | None = None,
+        packed: PackedSources | None = None,
+        keep_raw: bool = False,
     ):
         super().__init__()
-        self.recipe, self.partners, self.packed = recipe, partners, packed
+        self.recipe, self.partners, self.packed, self.keep_raw = recipe, partners, packed, keep_raw
+        self.last_raw: tuple[str, np.ndarray] | None = None  # with `keep_raw`: (path, its six raw panels)
 
     def encodes(self, path) -> TensorCadence:
         found = self.partners.get(Path(path).stem, []) if self.partners else []
-        if found:
+        if found or self.keep_raw:
             cadence = read_cadence(path, None, self.packed)
-            cadence = subtract_background(cadence, [(read_cadence(p, None, self.packed), s) for p, s in found])
+            if self.keep_raw:
+                self.last_raw = (str(path), cadence)
+            if found:
+                cadence = subtract_background(cadence, [(read_cadence(p, None, self.packed), s) for p, s in found])
         else:
             cadence = read_cadence(path, self.recipe.source_panels, self.packed)
         image = self.recipe.to_image(cadence)
         recipe = self.recipe
         return TensorCadence(torch.from_numpy(image), cadence_panels=recipe.panels, cadence_layout=recipe.layout)
+
+
+class RawCadence(DisplayedTransform):
+    """Path -> the six raw panels (float32 tensor (6, 273, 256), before any background subtraction) of the cadence
+    `loader` (a `CadenceLoader` with `keep_raw`) has just read for the same item, so the file is read once; the
+    de-Doppler reference scores them beside the model (`evaluate.predict`). Reads the file when `loader` has not."""
+
+    def __init__(self, loader: CadenceLoader):
+        super().__init__()
+        self.loader = loader
+
+    def encodes(self, path) -> torch.Tensor:
+        last = self.loader.last_raw
+        raw = last[1] if last is not None and last[0] == str(path) else read_cadence(path, None, self.loader.packed)
+        return torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
 
 
 class InjectNeedle(ItemTransform):
