@@ -223,9 +223,10 @@ def field_parameters(cls: type) -> list[inspect.Parameter]:
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         flag = "--" + f.name.replace("_", "-")
         if typing.get_origin(base) is list:
-            base, default = str, ",".join(map(str, default))
+            base, default = str, None if default is None else ",".join(map(str, default))
+        shown = "" if default is None and "[default:" in f.metadata.get("help", "") else f" [default: {default}]"
         decls = [f"{flag}/--no-{flag[2:]}"] if base is bool else [flag]
-        option = typer.Option(*decls, help=f"{f.metadata.get('help', '')} [default: {default}]", show_default=False)
+        option = typer.Option(*decls, help=f"{f.metadata.get('help', '')}{shown}", show_default=False)
         params.append(
             inspect.Parameter(
                 f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[base | None, option]
@@ -299,40 +300,56 @@ def train_cmd(overrides: dict[str, Any], config: Path | None, all_folds: bool, q
     """Train one fold (or --all-folds, or --stage pretrain) and write its run directory."""
     from seti_fastai.config import config_from, given_values
     from seti_fastai.learn.distributed import is_main
-    from seti_fastai.learn.plan import fold_configs, lock_run, plan_run
-    from seti_fastai.learn.train import train_run
-    from seti_fastai.model.pretrained import describe_pretrained
+    from seti_fastai.learn.train import train_folds
 
     echo = typer.echo if is_main() else lambda *_, **__: None  # under accelerate launch / torchrun: rank 0 prints
-    described = False
     given = given_values(config, overrides)  # what the user set: --resume refuses what differs from the saved run
-    for run_cfg, state in fold_configs(config_from(given), all_folds):
-        run_dir = run_cfg.run_dir()
-        if all_folds and state == "finished":  # a restart goes on where the last one stopped
-            echo(f"{run_dir}: finished earlier (metrics.json), skipping")
-            continue
-        if all_folds and state == "interrupted":
-            echo(f"{run_dir}: interrupted earlier, resuming from last.pth")
-        with lock_run(run_cfg, "train") as lock:  # one writer per run directory
-            if lock.took_over:
-                echo(f"{run_dir}: took over the lock of {lock.took_over}, which is no longer running")
-            plan = plan_run(run_cfg, given=given, strict=not all_folds, say=echo)  # pretrained name, background
-            if plan.ignored:
-                echo(f"{run_dir}: goes on with its saved config.yaml, not {', '.join(plan.ignored)}")
-            if plan.checkpoint is not None and not all_folds:
-                epoch = plan.checkpoint["epoch"]
-                echo(f"{run_dir}: resuming from last.pth after epoch {epoch} with its saved config.yaml")
-            if not described and (line := describe_pretrained(plan.cfg)):
-                echo(line)
-            described = True
-            metrics = train_run(plan, quiet=quiet)
-            if "init_from" in metrics:
-                init = metrics["init_from"]
-                echo(f"{run_dir}: started from {init['source']}: {init['loaded']} of {init['total']} tensors loaded")
-        echo(
-            f"{run_dir}: best validation AUC {metrics['best_auc']:.4f} at epoch {metrics['best_epoch']}, "
-            f"{metrics['train_samples_per_s']:.0f} samples/s, {metrics['wall_seconds']:.0f} s"
-        )
+    train_folds(config_from(given), given, all_folds, say=echo, quiet=quiet)
+
+
+def _run_recipe_cmd(data: Path, recipe: Path | None, quiet: bool, **overrides: Any) -> None:
+    """From a data folder to a calibrated submission.csv in one command: folds, background matching, every fold
+    trained (finished ones skipped, an interrupted one resumed), calibration (stacked with the de-Doppler reference
+    where it helps), prediction of the test split and the report; each step skipped when its output is current."""
+    from tqdm import tqdm
+
+    from seti_fastai.pipeline import build_recipe, run_recipe
+
+    plan = build_recipe(recipe, dict(overrides, data=str(data)))
+    typer.echo(f"run {plan.exp_dir}: folds {', '.join(map(str, plan.pipe.fold_list(plan.cfg.n_folds)))}")
+
+    def bar(step: str, total: int):
+        return tqdm(total=total or None, unit="cadence", desc=step, file=sys.stderr, disable=quiet)
+
+    result = run_recipe(plan, say=typer.echo, progress=bar, quiet=quiet)
+    typer.echo(result["table"])
+    typer.echo(f"submission: {result['submission']}")
+
+
+def _register_run() -> None:
+    from seti_fastai.pipeline import PipelineConfig
+
+    own = [
+        inspect.Parameter("data", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=DataArg),
+        inspect.Parameter(
+            "recipe", inspect.Parameter.KEYWORD_ONLY, default=None,
+            annotation=Annotated[
+                Path | None, typer.Option(help="Recipe YAML (recipes/*.yaml): training flags and pipeline keys.")
+            ],
+        ),
+        QUIET,
+    ]  # fmt: skip
+    train_flags = [p for p in field_parameters(_train_config()) if p.name != "data"]
+
+    def wrapper(**kwargs: Any) -> Any:
+        return _run_recipe_cmd(**kwargs)
+
+    wrapper.__signature__ = inspect.Signature([*own, *field_parameters(PipelineConfig), *train_flags])
+    wrapper.__doc__ = _run_recipe_cmd.__doc__
+    app.command("run")(user_errors(wrapper))
+
+
+_register_run()
 
 
 @config_command("lr-find", QUIET)

@@ -207,7 +207,8 @@ def fit_run(
     cal = RunCalibration(t, b, tta, rule, reference_weight=w, stacked=stacked)
     before, after = scores(combine(views, rule), y), scores(combine(cal.apply(views, reference), rule), y)
     record = dict(
-        kind="per-run", temperature=t, bias=b, tta=tta, combine=rule, stacked=stacked, reference_weight=w,
+        kind="per-run", temperature=t, bias=b, tta=tta, combine=rule, stack=stack, stacked=stacked,
+        reference_weight=w,
         views=len(views), n=len(y), positives=int(y.sum()), flat=bool(np.log(t) > BOUNDS[0][1] - 1e-3),
         **extra,
         **{f"{k}_before": v for k, v in before.items()},

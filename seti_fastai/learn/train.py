@@ -6,9 +6,11 @@ runs/<name>/fold<k>/   config.yaml  model.pth  history.csv  oof.csv  metrics.jso
 from __future__ import annotations
 
 import errno
+import json
 import os
 import platform
 import time
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from fastai.callback.progress import ProgressCallback
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
 
-from seti_fastai.config import TrainConfig, save_config
+from seti_fastai.config import TrainConfig, load_run_config, resume_conflicts, save_config
 from seti_fastai.errors import ConfigError, OutputError, RunDirError, first_sentence
 from seti_fastai.io import atomic_write_csv, atomic_write_json, output_error
 from seti_fastai.learn.callbacks import (
@@ -40,10 +42,11 @@ from seti_fastai.learn.distributed import (
     world_size,
 )
 from seti_fastai.learn.logs import experiment_logs
-from seti_fastai.learn.plan import RunPlan, init_source, lock_run, plan_run
+from seti_fastai.learn.plan import RunPlan, fold_configs, init_source, lock_run, plan_run
 from seti_fastai.model.checkpoint import InitResult, load_matching, load_opt_state, load_weights
 from seti_fastai.model.heads import SetiLoss, auc_metric, log_odds, roc_auc
 from seti_fastai.model.models import build_model, param_groups
+from seti_fastai.model.pretrained import describe_pretrained
 
 
 def is_compile_error(error: BaseException) -> bool:
@@ -149,6 +152,61 @@ def train_fold(cfg: TrainConfig, quiet: bool = False, cbs: list | None = None) -
     metrics.json."""
     with lock_run(cfg, "train"):
         return train_run(plan_run(cfg), quiet, cbs)
+
+
+def train_folds(
+    cfg: TrainConfig,
+    given: Collection[str] | None = None,
+    all_folds: bool = False,
+    folds: Collection[int] | None = None,
+    say: Callable[[str], None] = lambda _: None,
+    quiet: bool = False,
+    cbs: list | None = None,
+) -> list[dict[str, Any]]:
+    """The runs of one `train` command (`fold_configs`), each under its lock: with `all_folds` (`folds`: only these)
+    a finished fold is skipped and an interrupted one resumed, so a restart goes on where the last one stopped.
+    `given`: the fields the user set (a resumed run refuses others that differ, `plan_run`). `say` reports each step
+    in one line. A finished fold whose saved config.yaml differs in a field of `given` is refused in one line.
+    Returns the metrics of every run, finished earlier or now."""
+    done, described = [], False
+    for run_cfg, state in fold_configs(cfg, all_folds):
+        run_dir = run_cfg.run_dir()
+        if folds is not None and run_cfg.fold not in folds:
+            continue
+        if all_folds and state == "finished":
+            conflicts = resume_conflicts(load_run_config(run_dir), run_cfg, given)
+            if conflicts:
+                raise RunDirError(
+                    f"{run_dir}: finished earlier with another config.yaml, which these flags contradict: "
+                    f"{', '.join(conflicts)}; use another --name, or delete the run to train it again"
+                )
+            say(f"{run_dir}: finished earlier (metrics.json), skipping")
+            done.append(json.loads((run_dir / "metrics.json").read_text()))
+            continue
+        if all_folds and state == "interrupted":
+            say(f"{run_dir}: interrupted earlier, resuming from last.pth")
+        with lock_run(run_cfg, "train") as lock:  # one writer per run directory
+            if lock.took_over:
+                say(f"{run_dir}: took over the lock of {lock.took_over}, which is no longer running")
+            plan = plan_run(run_cfg, given=given, strict=not all_folds, say=say)  # pretrained name, background
+            if plan.ignored:
+                say(f"{run_dir}: goes on with its saved config.yaml, not {', '.join(plan.ignored)}")
+            if plan.checkpoint is not None and not all_folds:
+                epoch = plan.checkpoint["epoch"]
+                say(f"{run_dir}: resuming from last.pth after epoch {epoch} with its saved config.yaml")
+            if not described and (line := describe_pretrained(plan.cfg)):
+                say(line)
+            described = True
+            metrics = train_run(plan, quiet=quiet, cbs=cbs)
+            if "init_from" in metrics:
+                init = metrics["init_from"]
+                say(f"{run_dir}: started from {init['source']}: {init['loaded']} of {init['total']} tensors loaded")
+        say(
+            f"{run_dir}: best validation AUC {metrics['best_auc']:.4f} at epoch {metrics['best_epoch']}, "
+            f"{metrics['train_samples_per_s']:.0f} samples/s, {metrics['wall_seconds']:.0f} s"
+        )
+        done.append(metrics)
+    return done
 
 
 def train_run(plan: RunPlan, quiet: bool = False, cbs: list | None = None) -> dict[str, Any]:
