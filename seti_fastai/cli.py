@@ -503,6 +503,8 @@ def evaluate_cmd(
     line += f", {r['positives']} positive"
     if "logloss" in r:
         line += f"; log-loss {r['logloss']:.4f}, ECE {r['ece']:.4f}"
+    else:
+        line += f" (its {r['column']} column is not a probability: no log-loss or ECE)"
     refs = [(path, reference_auc(path, read_id_csv(labels), n_boot)) for path in reference or []]
     typer.echo(line)
     for path, ref in refs:
@@ -621,9 +623,12 @@ def blend_cmd(
     predictions: Annotated[
         list[Path], typer.Argument(help="Score CSVs over the same ids: submission.csv, dedoppler_test.csv, ...")
     ],
-    out: Annotated[Path, typer.Option(help="CSV to write (id,target: the blended rank in (0, 1]).")] = Path(
+    out: Annotated[Path, typer.Option(help="CSV to write (id,rank: the blended rank in (0, 1]).")] = Path(
         "blend.csv"
     ),
+    kaggle: Annotated[
+        bool, typer.Option("--kaggle", help="Name the rank column target, as Kaggle's submission wants.")
+    ] = False,
     weights: Annotated[
         str | None, typer.Option(help="Comma list, one weight per input [default: equal, or tuned with --valid].")
     ] = None,
@@ -646,7 +651,7 @@ def blend_cmd(
             f"weights {chosen[0]:.2f},{chosen[1]:.2f}: validation AUC {tuned['valid_auc']:.4f} on {tuned['n']} "
             f"cadences (inputs alone: {aucs})"
         )
-    path = atomic_write_csv(blend(predictions, chosen), out)
+    path = atomic_write_csv(blend(predictions, chosen, "target" if kaggle else "rank"), out)
     typer.echo(f"wrote {path}")
 
 

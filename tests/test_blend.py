@@ -48,7 +48,7 @@ def test_blend_of_complementary_detectors_beats_each(tmp_path):
     ids, y, a, b = complementary()
     out = blend([write(tmp_path / "a.csv", ids, "target", a), write(tmp_path / "b.csv", ids, "score", b)], [1, 1])
     assert out["id"].tolist() == ids.tolist()
-    assert roc_auc_score(y, out["target"]) > max(roc_auc_score(y, a), roc_auc_score(y, b)) + 0.03
+    assert roc_auc_score(y, out["rank"]) > max(roc_auc_score(y, a), roc_auc_score(y, b)) + 0.03
 
 
 def test_tuned_weight_favours_the_informative_input(tmp_path):
@@ -77,7 +77,7 @@ def test_cli_tunes_on_valid_and_applies_to_test(tmp_path):
     assert result.exit_code == 0, result.output
     assert "validation AUC" in result.output
     out = pd.read_csv(tmp_path / "blend.csv")
-    assert roc_auc_score(y[t], out["target"]) > max(roc_auc_score(y[t], a[t]), roc_auc_score(y[t], b[t]))
+    assert roc_auc_score(y[t], out["rank"]) > max(roc_auc_score(y[t], a[t]), roc_auc_score(y[t], b[t]))
 
 
 @pytest.mark.parametrize(
@@ -111,3 +111,21 @@ def test_bad_inputs_end_in_one_line_and_no_output(tmp_path, case, message):
     lines = [line for line in result.output.strip().splitlines() if line]
     assert len(lines) == 1 and message in lines[0], result.output
     assert not out.exists()
+
+
+def test_a_blend_is_a_rank_file_that_evaluate_scores_without_log_loss(tmp_path):
+    from seti_fastai.evaluate.metrics import evaluate
+
+    rng = np.random.default_rng(3)
+    ids = [f"{i:015x}" for i in range(200)]
+    y = (rng.random(200) < 0.3).astype(int)
+    a = write(tmp_path / "a.csv", ids, "target", 1 / (1 + np.exp(-(2 * y + rng.normal(0, 1, 200)))))
+    b = write(tmp_path / "b.csv", ids, "score", 3 * y + rng.normal(0, 2, 200))
+    labels = write(tmp_path / "labels.csv", ids, "target", y)
+    blended = tmp_path / "blend.csv"
+    blend([a, b], [1, 1]).to_csv(blended, index=False)
+    result = evaluate(blended, labels, n_boot=10)
+    assert result["column"] == "rank" and "logloss" not in result and "ece" not in result
+    assert {"logloss", "ece"} <= set(evaluate(a, labels, n_boot=10))  # a prediction's probabilities
+    assert "logloss" not in evaluate(b, labels, n_boot=10)  # the reference's SNR
+    assert list(blend([a, b], [1, 1], "target").columns) == ["id", "target"]  # --kaggle

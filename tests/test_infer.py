@@ -146,5 +146,7 @@ def test_ids_without_files_and_mismatched_predictions(synth_data, trained_runs, 
         predict(trained_runs[1], root, ids_file=tmp_path / "ids.csv")
     labels = pd.read_csv(hidden / "test_labels.csv", dtype={"id": str})
     labels.iloc[:-1].assign(target=0.5).to_csv(tmp_path / "short.csv", index=False)
-    with pytest.raises(LabelFileError, match="ids do not match"):
-        evaluate(tmp_path / "short.csv", hidden / "test_labels.csv")
+    assert evaluate(tmp_path / "short.csv", hidden / "test_labels.csv", n_boot=10)["n"] == len(labels) - 1
+    pd.concat([labels, labels.iloc[:1].assign(id="0123456789abcde")]).to_csv(tmp_path / "long.csv", index=False)
+    with pytest.raises(LabelFileError, match=r"ids do not match .*: 1 not in the labels \(e.g. 0123456789abcde\)"):
+        evaluate(tmp_path / "long.csv", hidden / "test_labels.csv")

@@ -33,12 +33,12 @@ def read_pseudo_labels(
     return pd.DataFrame({"id": ids, "target": target if (target % 1).any() else target.astype(np.int64)})
 
 
-SCORE_COLUMNS = ("logit", "score", "target")  # oof.csv, dedoppler_<split>.csv, submission.csv and blends
+SCORE_COLUMNS = ("logit", "score", "rank", "target")  # oof.csv, dedoppler_<split>.csv, a blend, submission.csv
 
 
 def read_scores(path: Path | str) -> pd.DataFrame:
     """`id, score` from any CSV the toolkit writes that scores cadences: its `logit` column (oof.csv), else `score`
-    (dedoppler_<split>.csv), else `target` (submission.csv, a blend, pseudo-labels); the ids checked as
+    (dedoppler_<split>.csv), else `rank` (a blend), else `target` (submission.csv, pseudo-labels); the ids checked as
     `read_id_csv` checks them, every score a finite number. `attrs["column"]` names the column read."""
     path = Path(path)
     read_id_csv(path, require_target=False)  # the file and its ids: one clear error for each way they are bad

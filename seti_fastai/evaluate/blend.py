@@ -68,10 +68,11 @@ def tune_weight(valid_paths: list[Path | str], labels_path: Path | str, step: fl
     )  # fmt: skip
 
 
-def blend(paths: list[Path | str], weights: np.ndarray) -> pd.DataFrame:
-    """`id, target` for the ids of the first file: the rank blend of all files' scores."""
+def blend(paths: list[Path | str], weights: np.ndarray, column: str = "rank") -> pd.DataFrame:
+    """`id, rank` for the ids of the first file: the rank blend of all files' scores, in (0, 1] but not a
+    probability (`column="target"` for Kaggle's submission header)."""
     ids, scores = aligned(paths)
-    return pd.DataFrame({"id": ids, "target": rank_blend(scores, check_weights(list(weights), len(paths)))})
+    return pd.DataFrame({"id": ids, column: rank_blend(scores, check_weights(list(weights), len(paths)))})
 
 
 def choose_weights(

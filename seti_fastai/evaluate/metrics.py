@@ -40,15 +40,14 @@ def scores(z: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 
 def match_labels(predictions: pd.DataFrame, labels: pd.DataFrame, pred_path, label_path) -> pd.DataFrame:
-    """Join on id; the two files must hold exactly the same ids."""
-    missing = sorted(set(labels["id"]) - set(predictions["id"]))
+    """Join on id: every predicted id must be labelled; the labels may hold more (an oof.csv against
+    train_labels.csv scores its fold's cadences)."""
     extra = sorted(set(predictions["id"]) - set(labels["id"]))
-    if missing or extra:
+    if extra:
         raise LabelFileError(
-            f"{pred_path}: ids do not match {label_path}: {len(missing)} missing (e.g. {missing[:1]}), "
-            f"{len(extra)} not in the labels (e.g. {extra[:1]})"
+            f"{pred_path}: ids do not match {label_path}: {len(extra)} not in the labels (e.g. {extra[0]})"
         )
-    return labels.merge(predictions[["id", "score"]], on="id")
+    return predictions[["id", "score"]].merge(labels[["id", "target"]], on="id")
 
 
 def bootstrap_auc(
@@ -72,14 +71,16 @@ def bootstrap_auc(
 
 def evaluate(pred_path: Path | str, label_path: Path | str, n_boot: int = 1000) -> dict:
     """ROC AUC with its bootstrap interval of a score file (any the toolkit writes, `read_scores`) against labels;
-    log-loss and ECE too when the scores are the `target` probabilities of a prediction file."""
+    log-loss and ECE too when the scores are the `target` probabilities of a prediction file (not for ranks, logits
+    or the reference's SNR). The cadences scored are the file's: the labels may hold more."""
     predictions = read_scores(pred_path)
     labels = read_id_csv(label_path, require_target=True)
     joined = match_labels(predictions, labels, pred_path, label_path)
     y, score = joined["target"].to_numpy(), joined["score"].to_numpy()
     auc, lo, hi = bootstrap_auc(y, score, n_boot)
-    result = dict(auc=auc, ci_low=lo, ci_high=hi, n=len(joined), positives=int(y.sum()))
-    if predictions.attrs["column"] == "target" and score.min() >= 0 and score.max() <= 1:
+    column = predictions.attrs["column"]
+    result = dict(auc=auc, ci_low=lo, ci_high=hi, n=len(joined), positives=int(y.sum()), column=column)
+    if column == "target" and score.min() >= 0 and score.max() <= 1:
         z = logit_np(score)
         result.update(logloss=log_loss(z, y), ece=expected_calibration_error(score, y))
     return result
