@@ -623,9 +623,7 @@ def blend_cmd(
     predictions: Annotated[
         list[Path], typer.Argument(help="Score CSVs over the same ids: submission.csv, dedoppler_test.csv, ...")
     ],
-    out: Annotated[Path, typer.Option(help="CSV to write (id,rank: the blended rank in (0, 1]).")] = Path(
-        "blend.csv"
-    ),
+    out: Annotated[Path, typer.Option(help="CSV to write (id,rank: the blended rank in (0, 1]).")] = Path("blend.csv"),
     kaggle: Annotated[
         bool, typer.Option("--kaggle", help="Name the rank column target, as Kaggle's submission wants.")
     ] = False,
