@@ -33,8 +33,10 @@ from seti_fastai.evaluate.predict import predict, write_submission
 from seti_fastai.io import atomic_write_csv, atomic_write_json, atomic_write_text
 from seti_fastai.learn.train import train_fold
 
-ROWS: dict[str, tuple[str, dict]] = {  # run name -> (table label, config fields over the defaults)
-    "default": ("default recipe", {}),
+# every row is over the former default recipe, without background subtraction (today's default is `auto`: subtract)
+BASE = dict(background="none")
+ROWS: dict[str, tuple[str, dict]] = {  # run name -> (table label, config fields over BASE and the defaults)
+    "default": ("former default recipe (`--background none`)", {}),
     "subtract": ("+ background subtraction (`--background subtract`)", dict(background="subtract")),
     "diff": ("+ ON-minus-OFF input (`--layout diff`)", dict(layout="diff")),
     "inject": ("+ injected needles (`--inject 0.3`)", dict(inject=0.3)),
@@ -96,7 +98,7 @@ def model_row(name: str, extra: dict, seed: int, args: argparse.Namespace) -> di
             overrides=dict(
                 data=str(args.data), out=str(args.runs), name=f"{name}-s{seed}", fold=0, arch=args.arch,
                 size=[args.size], epochs=args.epochs, bs=args.bs, lr=args.lr, workers=args.workers, seed=seed,
-                pretrained=False, **extra,
+                pretrained=False, **{**BASE, **extra},
             )
         )  # fmt: skip
         train_fold(cfg, quiet=True)

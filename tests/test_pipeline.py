@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from seti_fastai.cli import app
 from seti_fastai.config import build_config, load_run_config
 from seti_fastai.data.synth import SynthConfig, write_synthetic
-from seti_fastai.errors import ConfigError
+from seti_fastai.errors import ConfigError, RunDirError
 from seti_fastai.learn.train import train_fold
 from seti_fastai.pipeline import build_recipe, run_recipe
 
@@ -39,7 +39,7 @@ def _fresh_copy(data: Path, tmp_path: Path) -> Path:
 
 def _tiny(data: Path, out: Path, **extra) -> dict:
     """A tiny recipe of two folds, two epochs each, background auto."""
-    return tiny_overrides(data, out, background="auto", epochs=2, folds=[0, 1], **extra)
+    return tiny_overrides(data, out, **{"background": "auto", "epochs": 2, "folds": [0, 1], **extra})
 
 
 def test_shipped_recipes_are_valid():
@@ -91,6 +91,8 @@ def test_killed_mid_fold_and_run_again_it_finishes_as_an_uninterrupted_run(own_d
     said = []
     run_recipe(broken, say=said.append, quiet=True)  # everything current: nothing is redone
     assert "calibrate: current (2 folds)" in said and f"predict: current {exp / 'submission.csv'}" in said
+    with pytest.raises(RunDirError, match=r"fold0: finished earlier with another config.yaml.*--epochs 3 \(saved 2\)"):
+        run_recipe(build_recipe(None, _tiny(data, tmp_path, name="broken", epochs=3)), quiet=True)
 
 
 def test_auto_background_trains_as_explicit_subtraction(own_data, tmp_path):
