@@ -6,6 +6,11 @@ in the data shifts every log-odds by about log 3). Both are fitted on the run's 
 with the TTA views and combine rule that `predict` will use, and saved as `calibration.json` in the run directory.
 Runs calibrated separately are put on one scale, so averaging them can change the ensemble's ranking.
 
+Stacked with the reference (`--stack auto`, the default; on, off): the same fit also takes `log(1 + s)` of each
+cadence's de-Doppler score `s`: `z' = z / T + b + w log(1 + s)`, `w >= 0`. The two detectors miss different needles
+(docs/needles.md), so the stacked probability ranks better than either and stays calibrated. `auto` stacks a run
+where that lowers its cross-validated out-of-fold log-loss by `STACK_MIN_GAIN`.
+
 Pooled (the former mode): one temperature fitted on the pooled `oof.csv` logits divides the ensemble's final
 log-odds; it never changes a ranking. Saved as `calibration.json` beside the runs.
 
