@@ -216,7 +216,9 @@ def run_recipe(recipe: Recipe, say: Say = lambda _: None, progress: Callable[[st
     else:
         given = recipe.given
     folds = pipe.fold_list(cfg.n_folds)
-    out["train"] = train_folds(cfg, given, all_folds=True, folds=folds, say=say, quiet=quiet, cbs=cbs)
+    out["train"] = train_folds(
+        cfg, given, all_folds=True, folds=folds, say=say, quiet=quiet, cbs=cbs, refuse_changed=True
+    )
     run_dirs = recipe.run_dirs
     if all(calibration_current(r, pipe) for r in run_dirs):
         say(f"calibrate: current ({len(run_dirs)} folds)")

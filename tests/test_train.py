@@ -372,6 +372,9 @@ def test_all_folds_skips_finished_resumes_interrupted_and_starts_missing(synth_d
         assert (exp / f"fold{k}" / "metrics.json").is_file() and not (exp / f"fold{k}" / "last.pth").exists()
     again = CliRunner().invoke(app, ["train", *tiny_flags(data, tmp_path), "--all-folds", "--resume", "--quiet"])
     assert again.exit_code == 0 and again.output.count("skipping") == 4, again.output
+    assert f"{exp / 'fold1'}: finished earlier (metrics.json) with its saved config.yaml, not --epochs 1 (saved 2)" in (
+        again.output
+    )
     pretrain = CliRunner().invoke(app, ["train", *tiny_flags(data, tmp_path, stage="pretrain"), "--all-folds"])
     assert pretrain.exit_code == 2 and "--all-folds trains the folds of the finetune stage" in pretrain.output
 

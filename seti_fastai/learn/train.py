@@ -162,11 +162,13 @@ def train_folds(
     say: Callable[[str], None] = lambda _: None,
     quiet: bool = False,
     cbs: list | None = None,
+    refuse_changed: bool = False,
 ) -> list[dict[str, Any]]:
     """The runs of one `train` command (`fold_configs`), each under its lock: with `all_folds` (`folds`: only these)
     a finished fold is skipped and an interrupted one resumed, so a restart goes on where the last one stopped.
     `given`: the fields the user set (a resumed run refuses others that differ, `plan_run`). `say` reports each step
-    in one line. A finished fold whose saved config.yaml differs in a field of `given` is refused in one line.
+    in one line. A finished fold whose saved config.yaml differs in a field of `given` is skipped with a line naming
+    the differences, or with `refuse_changed` refused in one line (`seti-fastai run`: a submission is its recipe's).
     Returns the metrics of every run, finished earlier or now."""
     done, described = [], False
     for run_cfg, state in fold_configs(cfg, all_folds):
@@ -175,12 +177,13 @@ def train_folds(
             continue
         if all_folds and state == "finished":
             conflicts = resume_conflicts(load_run_config(run_dir), run_cfg, given)
-            if conflicts:
+            if conflicts and refuse_changed:
                 raise RunDirError(
                     f"{run_dir}: finished earlier with another config.yaml, which these flags contradict: "
                     f"{', '.join(conflicts)}; use another --name, or delete the run to train it again"
                 )
-            say(f"{run_dir}: finished earlier (metrics.json), skipping")
+            kept = f" with its saved config.yaml, not {', '.join(conflicts)}" if conflicts else ""
+            say(f"{run_dir}: finished earlier (metrics.json){kept}, skipping")
             done.append(json.loads((run_dir / "metrics.json").read_text()))
             continue
         if all_folds and state == "interrupted":
