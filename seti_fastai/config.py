@@ -248,21 +248,28 @@ def _coerce(name: str, value: Any) -> Any:
     return value
 
 
-def read_yaml(path: Path | str) -> dict[str, Any]:
-    """A YAML mapping of config fields, checked for unknown keys."""
+def read_mapping(path: Path | str, kind: str = "config", missing_hint: str = "") -> dict[str, Any]:
+    """The YAML mapping in a `kind` file (config, recipe), not yet checked against the fields; every way of failing
+    is one ConfigError naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: {kind} file not found{missing_hint}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not a text file (byte {e.start} is not UTF-8); give a YAML file") from e
+        raise ConfigError(f"{path}: not a text file (byte {e.start} is not UTF-8); give a YAML {kind} file") from e
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of config fields")
+        raise ConfigError(f"{path}: expected a mapping of {kind} keys")
+    return raw
+
+
+def read_yaml(path: Path | str) -> dict[str, Any]:
+    """A YAML mapping of config fields, checked for unknown keys."""
+    raw = read_mapping(path)
     unknown = sorted(set(raw) - set(_FIELDS))
     if unknown:
         raise ConfigError(f"{path}: unknown config field(s) {', '.join(unknown)}")

@@ -25,9 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from seti_fastai.config import TrainConfig, config_from
+from seti_fastai.config import TrainConfig, config_from, read_mapping
 from seti_fastai.errors import ConfigError
 
 Say = Callable[[str], None]
@@ -107,20 +105,7 @@ def split_recipe(values: dict[str, Any], source: str) -> tuple[dict[str, Any], d
 
 def read_recipe(path: Path | str) -> dict[str, Any]:
     """The mapping of a recipe file (YAML), not yet checked against the fields."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: recipe file not found (the shipped ones are in recipes/)")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not a text file (byte {e.start} is not UTF-8); give a YAML recipe") from e
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of recipe keys")
-    return raw
+    return read_mapping(path, "recipe", " (the shipped ones are in recipes/)")
 
 
 @dataclass(frozen=True)
