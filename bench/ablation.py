@@ -21,7 +21,14 @@ from seti_fastai.io import atomic_write_text
 from seti_fastai.learn.train import train_fold
 
 PLAIN = dict(
-    pos_share=0, freq_flip_p=0.0, affine_p=0.0, motion_blur_p=0.0, spec_augment_p=0.0, mixup_p=0.0, resizer=False
+    pos_share=0,
+    freq_flip_p=0.0,
+    affine_p=0.0,
+    motion_blur_p=0.0,
+    spec_augment_p=0.0,
+    mixup_p=0.0,
+    resizer=False,
+    background="none",  # the seed recipe's pieces, as recorded
 )
 PIECES = {
     "weighted sampling (25 % positives per batch)": dict(pos_share=0.25),

@@ -31,7 +31,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--max-seconds", type=float, default=60)
     args = p.parse_args()
-    cfg = TrainConfig()
+    cfg = TrainConfig(background="none")  # the image path alone
     image = ImageRecipe.from_config(cfg)
     aug = AugRecipe.from_config(cfg, image)
     c, h, w = image.shape

@@ -94,7 +94,9 @@ def main() -> None:
         index, n, _ = pack_split(data, "train", work, workers=2)
         print(f"pack train: {n} cadences in {time.perf_counter() - start:.1f} s -> {index.parent}")
         base = build_config(
-            overrides=dict(data=str(data), out=str(work), size=[args.size], bs=args.bs, workers=0, epochs=1)
+            overrides=dict(
+                data=str(data), out=str(work), size=[args.size], bs=args.bs, workers=0, epochs=1, background="none"
+            )
         )
         kaggle = KaggleData(data)
         paths = [str(p) for p in kaggle.paths("train", kaggle.read_labels("train")["id"])]

@@ -25,7 +25,7 @@ from seti_fastai.learn.callbacks import AugmentationOff, MixUpOr
 
 
 def test_recipe_takes_the_config_probabilities_and_keeps_the_seed_ranges():
-    cfg = build_config(overrides=dict(freq_flip_p=0.3, affine_p=0.0, spec_alpha=0.2, panels="all"))
+    cfg = build_config(overrides=dict(freq_flip_p=0.3, affine_p=0.0, spec_alpha=0.2, panels="all", background="none"))
     recipe = AugRecipe.from_config(cfg, ImageRecipe.from_config(cfg))
     assert (recipe.freq_flip_p, recipe.affine_p, recipe.motion_blur_p, recipe.spec_augment_p) == (0.3, 0.0, 0.5, 0.5)
     assert (recipe.spec_alpha, recipe.shift, recipe.scale, recipe.blur_sizes) == (0.2, (0.1, 0.05), (0.9, 1.1), (3, 7))

@@ -161,7 +161,10 @@ def test_read_matches_round_trip_and_errors(tiny, tmp_path):
     assert len(read_matches(path, known_ids={A, B, C})) == 2
     with pytest.raises(DataLayoutError) as e:
         read_matches(path, known_ids={A, C})
-    assert str(e.value) == f"{path}: row 2: unknown partner '{B}'"
+    assert str(e.value) == (
+        f"{path}: row 2: unknown partner '{B}' (a matches file of other data? make this data's with `seti-fastai match "
+        "DATA`)"
+    )
     with pytest.raises(DataLayoutError, match=r"nowhere\.csv: file not found") as e:
         read_matches(tmp_path / "nowhere.csv")
     assert "\n" not in str(e.value)

@@ -40,7 +40,9 @@ def test_recipe_knows_its_panels_and_whether_it_mixes_on_and_off(panels, layout,
 
 
 def test_recipe_is_resolved_from_the_config_and_refuses_unknown_values():
-    cfg = build_config(overrides=dict(panels="all", layout="channels", standardize=True, resize_mode="area"))
+    cfg = build_config(
+        overrides=dict(panels="all", layout="channels", standardize=True, resize_mode="area", background="none")
+    )
     assert ImageRecipe.from_config(cfg) == ImageRecipe("all", "channels", True, "none", "area")
     with pytest.raises(ConfigError, match="layout must be one of stack, channels, diff; got 'rows'"):
         build_config(overrides=dict(layout="rows"))

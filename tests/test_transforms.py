@@ -166,7 +166,15 @@ def _recipe_only(panels: str, layout: str, **extra) -> tuple[AlbumentationsTrans
     from seti_fastai.config import build_config
     from seti_fastai.learn.augment import train_transforms
 
-    values = dict(panels=panels, layout=layout, affine_p=1.0, freq_flip_p=1.0, motion_blur_p=0.0, spec_augment_p=0.0)
+    values = dict(
+        panels=panels,
+        layout=layout,
+        background="none",
+        affine_p=1.0,
+        freq_flip_p=1.0,
+        motion_blur_p=0.0,
+        spec_augment_p=0.0,
+    )
     cfg = build_config(overrides={**values, **extra})
     image = ImageRecipe.from_config(cfg)
     c, h, w = image.shape

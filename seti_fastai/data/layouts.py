@@ -173,7 +173,13 @@ class ImageRecipe:
     def from_config(cls, cfg, background: str | None = None) -> ImageRecipe:
         """The recipe of a `TrainConfig` (or any object with these fields) whose background is resolved (not auto),
         or with `background` instead of the config's."""
-        return cls(cfg.panels, cfg.layout, cfg.standardize, background or cfg.background, cfg.resize_mode)
+        background = background or cfg.background
+        if background == "auto":
+            raise ConfigError(
+                "background 'auto' is resolved before the image recipe is built: pass the config through "
+                "seti_fastai.learn.datablock.resolve_background first"
+            )
+        return cls(cfg.panels, cfg.layout, cfg.standardize, background, cfg.resize_mode)
 
     @property
     def layout_of(self) -> Layout:

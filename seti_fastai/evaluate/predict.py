@@ -41,7 +41,7 @@ from seti_fastai.evaluate.calibration import combine as _combine
 from seti_fastai.evaluate.dedoppler import dedoppler
 from seti_fastai.io import atomic_write_csv
 from seti_fastai.learn.augment import AugRecipe, train_transforms
-from seti_fastai.learn.datablock import loader_kwargs, run_packed, run_partners
+from seti_fastai.learn.datablock import loader_kwargs, resolve_background, run_packed, run_partners
 from seti_fastai.learn.transforms import CadenceLoader, Partners, RawCadence
 from seti_fastai.model.checkpoint import load_weights
 from seti_fastai.model.heads import SetiLoss, log_odds, logit_np, sigmoid_np
@@ -72,7 +72,7 @@ class TrainedRun:
 def read_run(run_dir: Path | str) -> TrainedRun:
     """The configuration of a finished run directory and its recipes (no weights are read)."""
     run_dir = check_run_dir(run_dir)
-    cfg = load_run_config(run_dir)
+    cfg = resolve_background(load_run_config(run_dir))  # `auto` saved by a library call, not by `train`
     check_arch(cfg.pretrained_source or cfg.arch)
     image = ImageRecipe.from_config(cfg)
     return TrainedRun(run_dir, cfg, image, AugRecipe.from_config(cfg, image))
