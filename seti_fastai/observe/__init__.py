@@ -1,0 +1,1 @@
+"""Real observations: Breakthrough Listen filterbank / HDF5 cadences read through blimpy."""
