@@ -2,7 +2,8 @@
 one ABACAD cadence checked against each other.
 
 Only headers are read when a cadence is opened; `ObservationCadence.read_channels` reads one range of channels from
-the six files (blimpy selects it on disk), so a scan holds one chunk in memory, never a whole file.
+the six files by index (an h5py slice, a filterbank memory map), so a scan holds one chunk in memory, never a
+whole file.
 """
 
 from __future__ import annotations
@@ -48,16 +49,10 @@ class ObservationFile:
         return max(self.fch1, self.fch1 + self.foff * (self.nchans - 1))
 
 
-def _quiet_blimpy() -> None:
+def quiet_blimpy() -> None:
+    """blimpy logs every file it opens or writes at INFO and WARNING; keep only its errors."""
     logging.getLogger("blimpy").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="blimpy")
-
-
-def _waterfall(path: Path, **select):
-    _quiet_blimpy()
-    from blimpy import Waterfall
-
-    return Waterfall(str(path), **select)
 
 
 def read_header(path: Path | str) -> ObservationFile:
@@ -67,8 +62,11 @@ def read_header(path: Path | str) -> ObservationFile:
         raise DataLayoutError(f"{path}: file not found")
     if path.suffix.lower() not in SUFFIXES:
         raise DataLayoutError(f"{path}: not a filterbank (.fil) or HDF5 (.h5) observation file")
+    quiet_blimpy()
+    from blimpy import Waterfall
+
     try:
-        wf = _waterfall(path, load_data=False)
+        wf = Waterfall(str(path), load_data=False)
     except NotImplementedError as e:
         raise DataLayoutError(f"{path}: not a filterbank or HDF5 observation file (blimpy cannot read it)") from e
     except (OSError, KeyError, ValueError) as e:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seti_fastai.observe.files import N_FILES, ON_FILES
+from seti_fastai.observe.files import N_FILES, ON_FILES, quiet_blimpy
 
 CHANNEL_HZ = 2.7939677238464355  # Green Bank high-resolution channel width
 ROW_SECONDS = 18.253611008  # one integration
@@ -42,12 +42,10 @@ def write_observation(
 ) -> list[Path]:
     """Write one cadence as six files `out_dir/<i>_<source>.<fmt>` (ON named `target`, OFFs `OFF1..OFF3`); the band
     descends from `fch1_mhz` as in Green Bank's files. Returns the paths in ABACAD order."""
-    import logging
-
     import setigen as stg
     from astropy import units as u
 
-    logging.getLogger("blimpy").setLevel(logging.ERROR)
+    quiet_blimpy()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -60,10 +58,10 @@ def write_observation(
         )  # fmt: skip
         frame.add_noise(x_mean=10, noise_type="chi2")
         for channel in rfi_channels:
-            _add_line(frame, stg, u, fch1_mhz, channel, 0.0, 0.0, 50.0)
+            _add_line(frame, fch1_mhz, channel, 0.0, 0.0, 50.0)
         if i in ON_FILES:
             for n in needles:
-                _add_line(frame, stg, u, fch1_mhz, n.channel, n.drift, i * file_seconds, n.snr)
+                _add_line(frame, fch1_mhz, n.channel, n.drift, i * file_seconds, n.snr)
         source = target if i in ON_FILES else f"OFF{i // 2 + 1}"
         frame.source_name = source
         path = out_dir / f"{i}_{source}.{fmt}"
@@ -72,8 +70,11 @@ def write_observation(
     return paths
 
 
-def _add_line(frame, stg, u, fch1_mhz: float, channel: int, drift: float, t0: float, snr: float) -> None:
+def _add_line(frame, fch1_mhz: float, channel: int, drift: float, t0: float, snr: float) -> None:
     """A needle at file channel `channel` when the cadence starts, drifting `drift` Hz/s, seen from `t0` s on."""
+    import setigen as stg
+    from astropy import units as u
+
     f_start = (fch1_mhz * 1e6 - channel * CHANNEL_HZ + drift * t0) * u.Hz
     frame.add_signal(
         stg.constant_path(f_start=f_start, drift_rate=drift * u.Hz / u.s),
