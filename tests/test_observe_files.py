@@ -18,7 +18,9 @@ CHANNELS, NEEDLE, DRIFT, RFI = 1024, 300, -0.2, 700
 def cadences(tmp_path_factory):
     root = tmp_path_factory.mktemp("observation")
     return {
-        fmt: write_observation(root / fmt, [Needle(NEEDLE, DRIFT, snr=200)], [RFI], channels=CHANNELS, fmt=fmt)
+        fmt: write_observation(
+            root / fmt, [Needle(NEEDLE, DRIFT, snr=200)], [Needle(RFI, 0.0, snr=50)], channels=CHANNELS, fmt=fmt
+        )
         for fmt in ("h5", "fil")
     }
 
@@ -72,6 +74,7 @@ def test_each_bad_cadence_is_one_line_naming_the_file(cadences, tmp_path):
         ([good[0], text, *good[2:]], "notes.h5: not a filterbank or HDF5 observation file"),
         ([good[0], truncated, *good[2:]], "cut.fil: truncated"),
         ([good[1], good[0], *good[2:]], "ON files (1st, 3rd, 5th) name different sources"),
+        ([good[0], good[1], good[4], good[3], good[2], good[5]], "3_OFF2.h5: starts at MJD"),
         ([good[0], tmp_path / "missing.h5", *good[2:]], "missing.h5: file not found"),
         ([good[0], tmp_path / "x.npy", *good[2:]], "x.npy: not a filterbank (.fil) or HDF5 (.h5)"),
     ]

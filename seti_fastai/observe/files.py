@@ -8,6 +8,7 @@ whole file.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import warnings
@@ -36,6 +37,7 @@ class ObservationFile:
     nchans: int
     tsamp: float  # seconds per time row
     n_rows: int
+    tstart: float = 0.0  # MJD of the first row
     n_ifs: int = 1
     header_bytes: int = 0  # filterbank: where the data start
     dtype: str = "float32"
@@ -94,6 +96,7 @@ def read_header(path: Path | str) -> ObservationFile:
         nchans=int(header["nchans"]),
         tsamp=float(header["tsamp"]),
         n_rows=n_rows,
+        tstart=float(header.get("tstart", 0.0)),
         n_ifs=int(header.get("nifs", 1)),
         header_bytes=int(getattr(container, "idx_data", 0)),
         dtype=NBITS[nbits],
@@ -113,6 +116,24 @@ class ObservationCadence:
     @property
     def n_rows(self) -> int:
         return self.files[0].n_rows
+
+    @property
+    def tsamp(self) -> float:
+        return self.files[0].tsamp
+
+    @property
+    def foff(self) -> float:
+        return self.files[0].foff
+
+    @property
+    def gap_rows(self) -> int:
+        """The slew between two pointings in time rows, from the files' start times (0 when they all start at once,
+        as files written without one do)."""
+        starts = np.array([f.tstart for f in self.files]) * 86400.0
+        if np.ptp(starts) == 0:
+            return 0
+        slew = np.diff(starts).mean() - self.n_rows * self.tsamp
+        return max(0, round(slew / self.tsamp))
 
     def frequency(self, channel: np.ndarray | int) -> np.ndarray | float:
         """MHz of a channel index (or indices)."""
@@ -148,8 +169,9 @@ def _agree(a: float, b: float) -> bool:
 
 def open_cadence(paths: Sequence[Path | str]) -> ObservationCadence:
     """The six files of one cadence in ABACAD order, their headers read and checked: the same fch1, foff, nchans,
-    tsamp and number of time rows; ON files (1st, 3rd, 5th) with one source name that no OFF file has (where the
-    names tell ON from OFF at all). Every disagreement is one DataLayoutError naming the file and the field."""
+    tsamp and number of time rows; start times in order (where they differ at all); ON files (1st, 3rd, 5th) with
+    one source name that no OFF file has (where the names tell ON from OFF at all). Every disagreement is one
+    DataLayoutError naming the file and the field."""
     if len(paths) != N_FILES:
         raise DataLayoutError(
             f"a cadence is {N_FILES} files in ABACAD order (ON, OFF, ON, OFF, ON, OFF); got {len(paths)}"
@@ -182,4 +204,12 @@ def open_cadence(paths: Sequence[Path | str]) -> ObservationCadence:
         for f in off:
             if f.source in on:
                 raise DataLayoutError(f"{f.path}: an OFF position names the ON source {f.source!r}: not ABACAD order?")
+    starts = [f.tstart for f in files]
+    if len(set(starts)) > 1:
+        for before, f in itertools.pairwise(files):
+            if f.tstart <= before.tstart:
+                raise DataLayoutError(
+                    f"{f.path}: starts at MJD {f.tstart} (tstart), not after {before.path.name} (MJD {before.tstart}): "
+                    "not in observing order?"
+                )
     return ObservationCadence(files)

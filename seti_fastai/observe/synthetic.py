@@ -1,5 +1,5 @@
 """Synthetic six-file ABACAD observations written by setigen, for tests and recall measurements: chi-squared noise,
-narrowband needles that drift across the whole cadence in the ON files only, and RFI (zero drift) in all six.
+narrowband needles that drift across the whole cadence in the ON files only, and RFI (drifting or not) in all six.
 
 The defaults follow Green Bank's high-resolution product: 2.79 Hz channels, 16 rows of 18.25 s per 5-minute file.
 """
@@ -17,6 +17,7 @@ from seti_fastai.observe.files import N_FILES, ON_FILES, quiet_blimpy
 CHANNEL_HZ = 2.7939677238464355  # Green Bank high-resolution channel width
 ROW_SECONDS = 18.253611008  # one integration
 SLEW_SECONDS = 15.0  # between two pointings of a cadence
+START_UNIX = 1.6e9  # when the first file starts (2020-09-13), so that files are the same on every run
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class Needle:
 def write_observation(
     out_dir: Path | str,
     needles: Sequence[Needle] = (),
-    rfi_channels: Sequence[int] = (),
+    rfi: Sequence[Needle] = (),
     channels: int = 4096,
     rows: int = 16,
     fch1_mhz: float = 6000.0,
@@ -54,14 +55,11 @@ def write_observation(
     for i in range(N_FILES):
         frame = stg.Frame(
             fchans=channels, tchans=rows, df=CHANNEL_HZ * u.Hz, dt=ROW_SECONDS * u.s, fch1=fch1_mhz * u.MHz,
-            ascending=False, seed=int(rng.integers(2**31)),
+            ascending=False, seed=int(rng.integers(2**31)), t_start=START_UNIX + i * file_seconds,
         )  # fmt: skip
         frame.add_noise(x_mean=10, noise_type="chi2")
-        for channel in rfi_channels:
-            _add_line(frame, fch1_mhz, channel, 0.0, 0.0, 50.0)
-        if i in ON_FILES:
-            for n in needles:
-                _add_line(frame, fch1_mhz, n.channel, n.drift, i * file_seconds, n.snr)
+        for n in [*rfi, *(needles if i in ON_FILES else ())]:
+            _add_line(frame, fch1_mhz, n.channel, n.drift, i * file_seconds, n.snr)
         source = target if i in ON_FILES else f"OFF{i // 2 + 1}"
         frame.source_name = source
         path = out_dir / f"{i}_{source}.{fmt}"
