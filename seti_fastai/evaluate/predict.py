@@ -141,7 +141,7 @@ def inference_dl(
     )
 
 
-def _views_logits(model: torch.nn.Module, x: torch.Tensor, views: list[tuple[int, ...]], device) -> torch.Tensor:
+def views_logits(model: torch.nn.Module, x: torch.Tensor, views: list[tuple[int, ...]], device) -> torch.Tensor:
     """Log-odds (n_views, batch) of one model on one batch, all views in one forward pass."""
     # a plain resize (any mode) commutes with flips: resize once, flip the small images (the learned resizer does not)
     resize_first = isinstance(model.resize, Resize)
@@ -180,7 +180,7 @@ def predict_views_runs(
         if raw:
             reference.append(dedoppler(raw[0].to(device, non_blocking=True).as_subclass(torch.Tensor))[0].cpu())
         for model, model_views, chunks in zip(models, views, out, strict=True):
-            chunks.append(_views_logits(model, x, model_views, device))
+            chunks.append(views_logits(model, x, model_views, device))
             if progress is not None:
                 progress(x.shape[0])
     scores = torch.cat(reference).double().numpy() if reference else None
