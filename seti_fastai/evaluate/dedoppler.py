@@ -2,10 +2,14 @@
 
 Each panel loses its per-channel background (median over time) and is scaled by a robust noise estimate (MAD).
 For every drift d (channels per row) and channel f, the path f + d * (t - t_mid) runs across the whole cadence,
-t being the row on the cadence timeline (panel p starts at p * (273 + gap_rows)) and t_mid its middle. Each panel's
-sum along the path is taken from cumulative row sums (a few terms per drift instead of 273 rows), max-pooled over
-+-`pool` channels to absorb the drift quantisation, and the score is max over (d, f) of (ON sums - OFF sums),
-scaled to unit noise. `channel` is where the best path is at t_mid.
+t being the row on the cadence timeline (panel p of T rows starts at p * (T + gap_rows); T is 273 for Kaggle
+cadences, 16 for Green Bank's high-resolution files) and t_mid its middle. Each panel's sum along the path is taken
+from cumulative row sums (a few terms per drift instead of T rows), max-pooled over +-`pool` channels to absorb the
+drift quantisation, and the score is max over (d, f) of (ON sums - OFF sums), scaled to unit noise. `channel` is
+where the best path is at t_mid.
+
+`dedoppler` scores a batch of 256-channel cadences through one sparse matrix product; `best_paths` scores every
+channel of a long stretch of band (`seti_fastai.observe.scan`) with shifted slices, the matrix being too large there.
 """
 
 from __future__ import annotations
@@ -40,18 +44,19 @@ from seti_fastai.io import derived_path
 MAD_TO_STD = 1.4826  # the MAD of a normal distribution times this is its standard deviation
 
 
-def path_terms(cfg: DedopplerConfig, drift: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, shifts, weights), each (6, K): a panel's path sum is sum_k weight * cumsum[row, f + shift].
+def path_terms(cfg: DedopplerConfig, drift: float, n_times: int = N_TIMES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, shifts, weights), each (6, K): a panel's path sum is sum_k weight * cumsum[row, f + shift], for panels
+    of `n_times` rows.
 
     Rows that share one rounded channel shift form a block, whose sum is the difference of two cumulative sums.
     """
-    t_mid = ((N_PANELS - 1) * (N_TIMES + cfg.gap_rows) + N_TIMES - 1) / 2
-    r = np.arange(N_TIMES)
+    t_mid = ((N_PANELS - 1) * (n_times + cfg.gap_rows) + n_times - 1) / 2
+    r = np.arange(n_times)
     panels = []
     for p in range(N_PANELS):
-        shift = np.floor(drift * (p * (N_TIMES + cfg.gap_rows) + r - t_mid) + 0.5).astype(np.int64)
+        shift = np.floor(drift * (p * (n_times + cfg.gap_rows) + r - t_mid) + 0.5).astype(np.int64)
         starts = np.flatnonzero(np.diff(shift, prepend=shift[0] - 1))
-        ends = np.append(starts[1:], N_TIMES)
+        ends = np.append(starts[1:], n_times)
         panels.append((np.concatenate([ends, starts]), np.tile(shift[starts], 2), np.repeat([1.0, -1.0], len(starts))))
     k = max(len(rows) for rows, _, _ in panels)
     out = np.zeros((3, N_PANELS, k))
@@ -62,19 +67,22 @@ def path_terms(cfg: DedopplerConfig, drift: float) -> tuple[np.ndarray, np.ndarr
 
 
 @functools.lru_cache(maxsize=8)
-def drift_matrix(cfg: DedopplerConfig, device: str = "cpu") -> torch.Tensor:
-    """The sparse (D * 6 * F, 6 * (T + 1) * F) map from cumulative row sums to every panel's path sums."""
-    f = np.arange(N_CHANNELS)
+def drift_matrix(
+    cfg: DedopplerConfig, device: str = "cpu", n_times: int = N_TIMES, n_chan: int = N_CHANNELS
+) -> torch.Tensor:
+    """The sparse (D * 6 * F, 6 * (T + 1) * F) map from cumulative row sums to every panel's path sums, for panels
+    of T = `n_times` rows and F = `n_chan` channels."""
+    f = np.arange(n_chan)
     panel = np.arange(N_PANELS)[:, None, None]
     out_rows, in_cols, values = [], [], []
     for i, drift in enumerate(cfg.drifts()):
-        rows, shifts, weights = path_terms(cfg, float(drift))
+        rows, shifts, weights = path_terms(cfg, float(drift), n_times)
         channel = shifts[..., None] + f  # (6, K, F)
-        keep = (channel >= 0) & (channel < N_CHANNELS) & (weights[..., None] != 0)  # zeros outside the band
-        out_rows.append(np.broadcast_to((i * N_PANELS + panel) * N_CHANNELS + f, keep.shape)[keep])
-        in_cols.append((((panel * (N_TIMES + 1) + rows[..., None]) * N_CHANNELS) + channel)[keep])
+        keep = (channel >= 0) & (channel < n_chan) & (weights[..., None] != 0)  # zeros outside the band
+        out_rows.append(np.broadcast_to((i * N_PANELS + panel) * n_chan + f, keep.shape)[keep])
+        in_cols.append((((panel * (n_times + 1) + rows[..., None]) * n_chan) + channel)[keep])
         values.append(np.broadcast_to(weights[..., None], keep.shape)[keep])
-    shape = (len(cfg.drifts()) * N_PANELS * N_CHANNELS, N_PANELS * (N_TIMES + 1) * N_CHANNELS)
+    shape = (len(cfg.drifts()) * N_PANELS * n_chan, N_PANELS * (n_times + 1) * n_chan)
     index = torch.from_numpy(np.stack([np.concatenate(out_rows), np.concatenate(in_cols)]))
     coo = torch.sparse_coo_tensor(index, torch.from_numpy(np.concatenate(values)), shape, check_invariants=False)
     with warnings.catch_warnings():
@@ -95,23 +103,90 @@ def preprocess(x: torch.Tensor, row_median: bool = False) -> torch.Tensor:
 
 
 def drift_sums(x: torch.Tensor, cfg: DedopplerConfig) -> torch.Tensor:
-    """(B, 6, T, F) preprocessed cadences -> (B, D, 6, F): each panel's sum along every drifting path."""
-    b = x.shape[0]
+    """(B, 6, T, F) preprocessed cadences (any T and F) -> (B, D, 6, F): each panel's sum along every drifting
+    path."""
+    b, _, n_times, n_chan = x.shape
     cum = F.pad(x.cumsum(dim=2), (0, 0, 1, 0)).reshape(b, -1)  # row 0 is the empty sum
-    out = (drift_matrix(cfg, str(x.device)) @ cum.T.contiguous()).T.reshape(b, -1, N_PANELS, N_CHANNELS)
+    out = (drift_matrix(cfg, str(x.device), n_times, n_chan) @ cum.T.contiguous()).T.reshape(b, -1, N_PANELS, n_chan)
     if cfg.pool:
-        out = F.max_pool1d(out.reshape(-1, 1, N_CHANNELS), 2 * cfg.pool + 1, 1, cfg.pool).reshape(out.shape)
+        out = F.max_pool1d(out.reshape(-1, 1, n_chan), 2 * cfg.pool + 1, 1, cfg.pool).reshape(out.shape)
     return out
 
 
 def dedoppler(x: torch.Tensor, cfg: DedopplerConfig = DedopplerConfig()) -> tuple[torch.Tensor, ...]:
-    """(B, 6, T, F) raw cadences -> (score, drift, channel), each (B,): the best ON-minus-OFF path per cadence."""
+    """(B, 6, T, F) raw cadences (any T and F) -> (score, drift, channel), each (B,): the best ON-minus-OFF path
+    per cadence, the score in units of its noise."""
     sums = drift_sums(preprocess(x.float(), cfg.row_median), cfg)
     contrast = sums[:, :, list(ON_PANELS)].sum(2) - sums[:, :, list(OFF_PANELS)].sum(2)  # (B, D, F)
     best, index = contrast.flatten(1).max(1)
     drifts = torch.as_tensor(cfg.drifts(), dtype=torch.float32, device=x.device)
     n_chan = x.shape[-1]
-    return best / math.sqrt(N_PANELS * N_TIMES), drifts[index // n_chan], index % n_chan
+    return best / math.sqrt(N_PANELS * x.shape[2]), drifts[index // n_chan], index % n_chan
+
+
+def _panel_offsets(cfg: DedopplerConfig, n_times: int) -> np.ndarray:
+    """Rows from the cadence's middle to the middle of each panel, on the cadence timeline."""
+    t_mid = ((N_PANELS - 1) * (n_times + cfg.gap_rows) + n_times - 1) / 2
+    return np.arange(N_PANELS) * (n_times + cfg.gap_rows) + (n_times - 1) / 2 - t_mid
+
+
+def max_shift(cfg: DedopplerConfig, n_times: int) -> int:
+    """The farthest (channels) a path of `best_paths` strays from its channel at the cadence's middle, pool
+    included: the margin a stretch of band needs on both sides."""
+    across = math.floor(cfg.max_drift * np.abs(_panel_offsets(cfg, n_times)).max() + 0.5)
+    within = math.floor(cfg.max_drift * (n_times - 1) / 2 + 0.5)
+    return across + within + cfg.pool
+
+
+CONTRASTS = ("min", "sum")
+
+
+def best_paths(
+    x: torch.Tensor, cfg: DedopplerConfig, margin: int, contrast: str = "min"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(6, T, margin + F + margin) preprocessed panels of a stretch of band -> (score, drift), each (F,): for each of
+    the F central channels, the best path through it at the cadence's middle and its drift (channels per row).
+    `margin` >= `max_shift(cfg, T)` keeps every path inside `x`. A path scores, in units of its noise,
+    - `min`: the weakest ON file's sum minus the strongest OFF file's (a signal in every ON file and in no OFF file,
+      as turboSETI's event filter asks: a bright line crossing the path in one file does not make an event);
+    - `sum`: the ON sums minus the OFF sums (`dedoppler`'s, more sensitive to faint needles, fooled by such lines).
+
+    A path is split in two: across the cadence (each panel's middle shifted by round(d * offset)) and within a
+    panel (row r shifted by round(d * (r - middle))), so the within-panel sums of one shift pattern serve every
+    drift that rounds to it (neighbouring drifts: the grid is walked in order), and each drift costs six slices.
+    The two roundings move a path by one channel at most, which the pool absorbs."""
+    n_times, width = x.shape[1], x.shape[2]
+    n_chan = width - 2 * margin
+    if contrast not in CONTRASTS:
+        raise ConfigError(f"contrast must be one of {', '.join(CONTRASTS)}; got {contrast!r}")
+    if margin < max_shift(cfg, n_times) or n_chan < 1:
+        raise ValueError(f"a margin of {margin} channels is narrower than the paths' {max_shift(cfg, n_times)}")
+    within = math.floor(cfg.max_drift * (n_times - 1) / 2 + 0.5)
+    padded = F.pad(x, (within, within))
+    rows = np.arange(n_times) - (n_times - 1) / 2
+    offsets = _panel_offsets(cfg, n_times)
+    on, off = list(ON_PANELS), list(OFF_PANELS)
+    best = torch.full((n_chan,), -math.inf, device=x.device)
+    best_drift = torch.zeros(n_chan, device=x.device)
+    pattern, panel_sums = None, None
+    for drift in cfg.drifts():
+        shifts = np.floor(drift * rows + 0.5).astype(np.int64)
+        if pattern is None or not np.array_equal(shifts, pattern):
+            pattern, panel_sums = shifts, torch.zeros(N_PANELS, width, device=x.device)
+            for r, shift in enumerate(shifts):
+                panel_sums += padded[:, r, within + shift : within + shift + width]
+            if cfg.pool:
+                panel_sums = F.max_pool1d(panel_sums[:, None], 2 * cfg.pool + 1, 1, cfg.pool)[:, 0]
+        shifts = np.floor(drift * offsets + 0.5).astype(np.int64)
+        sums = torch.stack([panel_sums[p, margin + d : margin + d + n_chan] for p, d in enumerate(shifts)])
+        if contrast == "min":
+            score = sums[on].min(0).values - sums[off].max(0).values
+        else:
+            score = (sums[on].sum(0) - sums[off].sum(0)) / math.sqrt(N_PANELS)
+        better = score > best
+        best = torch.where(better, score, best)
+        best_drift = torch.where(better, torch.tensor(float(drift), device=x.device), best_drift)
+    return best / math.sqrt(n_times), best_drift
 
 
 class _Cadences(Dataset):
