@@ -27,6 +27,7 @@ from seti_fastai.data.folds import DEFAULT_K, DEFAULT_SEED, folds_name  # noqa: 
 from seti_fastai.data.synth import DIFFICULTY, SynthConfig  # noqa: E402
 from seti_fastai.errors import SetiError  # noqa: E402
 from seti_fastai.evaluate.drift_grid import DedopplerConfig  # noqa: E402
+from seti_fastai.observe.scan_config import ScanConfig  # noqa: E402
 
 app = typer.Typer(
     add_completion=False,
@@ -616,6 +617,57 @@ def dedoppler_cmd(
         r = auc_by_fold(path, data, split, work)
         folds = ", ".join(f"fold {k} {v:.4f}" for k, v in r["folds"].items())
         typer.echo(f"AUC {r['auc']:.4f} on {r['n']} cadences" + (f" ({folds})" if folds else ""))
+
+
+@settings_command("scan", ScanConfig, "scan")
+def scan_cmd(
+    files: Annotated[
+        list[Path] | None, typer.Argument(help="The six .h5 / .fil files of one cadence, in ABACAD order.")
+    ] = None,
+    cadences: Annotated[
+        Path | None, typer.Option(help="CSV of many cadences: columns cadence,path, six rows each in ABACAD order.")
+    ] = None,
+    run: Annotated[
+        list[Path] | None, typer.Option("--run", help="Trained run directory scoring every window; repeatable.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Event table to write (CSV).")] = Path("events.csv"),
+    resample: Annotated[
+        bool, typer.Option("--resample", help="Stretch each window's time rows to a run's trained on other rows.")
+    ] = False,
+    turboseti_csv: Annotated[
+        Path | None, typer.Option(help="Also write the events in the columns of turboSETI's find_event CSV.")
+    ] = None,
+    device: Device = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    *,
+    scan: ScanConfig,
+) -> None:
+    """Search observed cadences (Breakthrough Listen .h5 / .fil files) for drifting needles in the ON files only:
+    every window scored by the de-Doppler reference (and by --run models); write the events, best first."""
+    from tqdm import tqdm
+
+    from seti_fastai.evaluate.dedoppler import resolve_device
+    from seti_fastai.io import atomic_write
+    from seti_fastai.observe.survey import Survey, cadence_name, read_cadence_list, run_survey
+    from seti_fastai.observe.turboseti import to_event_csv
+
+    if (not files) == (cadences is None):
+        fail("give the six files of one cadence, or --cadences LIST.csv (not both)")
+    listed = read_cadence_list(cadences) if cadences else ((cadence_name(files), tuple(files)),)
+    survey = Survey(listed, out, scan, tuple(run or ()), resample)
+
+    def bar(total: int):
+        return tqdm(total=total, unit="channel", unit_scale=True, desc="scan", file=sys.stderr, disable=quiet).update
+
+    table = run_survey(survey, resolve_device(device), progress=bar, say=typer.echo)
+    if table is None:  # another rank than 0 under torchrun: rank 0 writes
+        return
+    if turboseti_csv is not None:
+        files_of = {name: [str(p) for p in paths] for name, paths in listed}
+        atomic_write(turboseti_csv, to_event_csv(table, files_of).to_csv)  # with find_event's index column
+    typer.echo(f"wrote {len(table)} events of {len(listed)} cadence(s) to {out}")
+    if len(table):
+        typer.echo(table.drop(columns=["files"]).head(10).to_string(index=False))
 
 
 @command("blend")
