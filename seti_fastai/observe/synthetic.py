@@ -69,14 +69,18 @@ def write_observation(
 
 
 def _add_line(frame, fch1_mhz: float, channel: int, drift: float, t0: float, snr: float) -> None:
-    """A needle at file channel `channel` when the cadence starts, drifting `drift` Hz/s, seen from `t0` s on."""
+    """A needle at file channel `channel` when the cadence starts, drifting `drift` Hz/s, seen from `t0` s on;
+    computed over the channels it crosses only (setigen's bounding range), so wide bands stay cheap."""
     import setigen as stg
     from astropy import units as u
 
-    f_start = (fch1_mhz * 1e6 - channel * CHANNEL_HZ + drift * t0) * u.Hz
+    f_start = fch1_mhz * 1e6 - channel * CHANNEL_HZ + drift * t0
+    f_end = f_start + drift * frame.tchans * frame.dt
+    margin = 16 * CHANNEL_HZ
     frame.add_signal(
-        stg.constant_path(f_start=f_start, drift_rate=drift * u.Hz / u.s),
+        stg.constant_path(f_start=f_start * u.Hz, drift_rate=drift * u.Hz / u.s),
         stg.constant_t_profile(level=frame.get_intensity(snr=snr)),
         stg.gaussian_f_profile(width=2 * CHANNEL_HZ * u.Hz),
         stg.constant_bp_profile(level=1),
+        bounding_f_range=(min(f_start, f_end) - margin, max(f_start, f_end) + margin),
     )
