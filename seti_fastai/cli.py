@@ -139,6 +139,9 @@ def synth_cmd(
         str | None,
         typer.Option(help="Needle shapes of the test split only (a train/test shift), e.g. sine=0.6,line=0.4."),
     ] = None,
+    rows: Annotated[
+        int, typer.Option(help="Time rows per panel: 273 as on Kaggle, 16 as Green Bank's files (binned in time).")
+    ] = SynthConfig.rows,
     hidden: Annotated[Path | None, typer.Option(help="Folder for test labels and metadata [OUT_hidden].")] = None,
     workers: PoolWorkers = POOL_WORKERS,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT and the hidden folder.")] = False,
@@ -164,6 +167,7 @@ def synth_cmd(
         n_old_train=n_old_train,
         n_old_test=n_old_test,
         difficulty=difficulty,
+        rows=rows,
         **shapes,
     )
     cfg.validate()
@@ -609,7 +613,8 @@ def dedoppler_cmd(
     kaggle.check_files(split, ids)
     start = time.perf_counter()
     with tqdm(total=len(ids), unit="cadence", desc="dedoppler", file=sys.stderr) as bar:
-        scores = score_files(kaggle.paths(split, ids), grid, bs, workers, device, progress=bar.update)
+        chosen_grid = grid if grid != DedopplerConfig() else None  # the defaults follow the data's rows
+        scores = score_files(kaggle.paths(split, ids), chosen_grid, bs, workers, device, progress=bar.update)
     seconds = time.perf_counter() - start
     path = atomic_write_csv(scores.assign(id=ids.to_numpy())[["id", "score", "drift", "channel"]], path)
     typer.echo(f"wrote {len(scores)} scores to {path}; {seconds:.1f} s, {len(scores) / seconds:.1f} cadences/s")

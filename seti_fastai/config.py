@@ -59,6 +59,9 @@ class TrainConfig:
     )
     matches: str | None = opt(None, "matches.csv of `seti-fastai match` [default: beside the data, else in --out]")
     max_partners: int = opt(2, "overlapping partners used to cover the band when subtracting the background")
+    rows: int | None = opt(
+        None, "time rows per panel of the cadences [default: found from the data; 273 on Kaggle, 16 in GBT files]"
+    )
     standardize: bool = opt(False, "re-standardise each panel on load (the Kaggle files already are)")
     pos_share: float | None = opt(0.25, "share of positives per training batch (weighted sampling); 0: plain shuffling")
     workers: int = opt(min(8, os.cpu_count() or 1), "DataLoader worker processes")
@@ -312,7 +315,7 @@ def resume_conflicts(saved: TrainConfig, cfg: TrainConfig, given: Collection[str
     conflicts = []
     for name in names:
         mine, theirs = getattr(cfg, name), getattr(saved, name)
-        if name == "background" and mine == "auto":  # the saved run holds what auto resolved to
+        if (name, mine) in (("background", "auto"), ("rows", None)):  # the saved run holds what these resolved to
             continue
         if name in PATH_FIELDS and mine is not None and theirs is not None:
             mine, theirs = Path(mine).resolve(), Path(theirs).resolve()

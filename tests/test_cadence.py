@@ -123,7 +123,8 @@ def test_listed_id_without_file_is_named(tmp_path):
 @pytest.mark.parametrize(
     ("array", "message"),
     [
-        (np.zeros((6, 273, 255), np.float16), "shape (6, 273, 255), expected (6, 273, 256)"),
+        (np.zeros((6, 273, 255), np.float16), "shape (6, 273, 255), expected (6, rows, 256)"),
+        (np.zeros((6, 2, 256), np.float16), "shape (6, 2, 256), expected (6, rows, 256) with 4 <= rows"),
         (np.zeros((3, 273, 256), np.float32), "shape (3, 273, 256)"),
         (np.zeros(CADENCE_SHAPE, np.float64), "dtype float64, expected float16 or float32"),
         (np.zeros(CADENCE_SHAPE, np.int16), "dtype int16"),
@@ -135,6 +136,18 @@ def test_bad_cadence_file_is_rejected(tmp_path, array, message):
     with pytest.raises(CadenceFileError) as err:
         load_cadence(path)
     assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_cadences_of_any_rows_load_and_a_split_holds_one_number_of_rows(tmp_path):
+    for i, rows in enumerate([16, 16, 273]):
+        path = tmp_path / "train" / "a" / f"a{i}.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, np.zeros((6, rows, 256), np.float16))
+    pd.DataFrame({"id": ["a0", "a1", "a2"], "target": [0, 1, 0]}).to_csv(tmp_path / "train_labels.csv", index=False)
+    kaggle = KaggleData(tmp_path)
+    assert load_cadence(kaggle.cadence_path("train", "a0")).shape == (6, 16, 256) and kaggle.rows("train") == 16
+    with pytest.raises(CadenceFileError, match=r"a2\.npy: 273 rows per panel, the split's first cadence has 16"):
+        kaggle.check_arrays("train", tmp_path)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

@@ -61,13 +61,13 @@ class OnMean(Layout):
     def source_panels(self, panels):
         return ON_PANELS
 
-    def shape(self, panels):
-        return (1, N_TIMES, N_CHANNELS)
+    def shape(self, panels, rows=N_TIMES):
+        return (1, rows, N_CHANNELS)
 
     def build(self, cadence):
         return np.ascontiguousarray(cadence.mean(axis=0, keepdims=True))
 
-    def columns(self, image, panels):
+    def columns(self, image, panels, rows=N_TIMES):
         return [("ON mean", [image[0]])]
 
 

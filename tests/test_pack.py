@@ -98,7 +98,7 @@ def test_stale_or_damaged_caches_are_one_clear_error_and_pack_rebuilds(tmp_path)
     with pytest.raises(DataLayoutError, match=r"stale packed cache of train .*array truncated"):
         open_packed(root, "train", work)
     np.save(array, np.zeros((7, 3, 273, 256), np.float16))
-    with pytest.raises(DataLayoutError, match=r"array \(7, 3, 273, 256\) float16, expected \(7, 6, 273, 256\)"):
+    with pytest.raises(DataLayoutError, match=r"array \(7, 3, 273, 256\) float16, expected \(7, 6, rows, 256\)"):
         open_packed(root, "train", work)
     array.unlink()
     with pytest.raises(DataLayoutError, match=r"train\.f16\.npy not found"):

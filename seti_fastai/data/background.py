@@ -54,7 +54,8 @@ Progress = Callable[[int], None] | None
 
 
 def _read_rows(path: Path) -> np.ndarray:
-    """The fingerprint rows of one cadence file, float32 (len(FINGERPRINT_PANELS), FINGERPRINT_ROWS, 256), checked."""
+    """The fingerprint rows of one cadence file, float32 (len(FINGERPRINT_PANELS), FINGERPRINT_ROWS or fewer, 256),
+    checked."""
     arr = open_cadence(path, mmap=True)
     rows = np.asarray(arr[list(FINGERPRINT_PANELS), :FINGERPRINT_ROWS], dtype=np.float32)
     if not np.isfinite(rows).all():
@@ -63,8 +64,10 @@ def _read_rows(path: Path) -> np.ndarray:
 
 
 def _sign_hashes(segment: np.ndarray) -> np.ndarray:
-    """(32, C) float -> (C,) uint32: bit r of channel c is set when row r is above the column's mean."""
+    """(R, C) float, R <= 32 -> (C,) uint32: bit r of channel c is set when row r is above the column's mean (cadences
+    of fewer than 32 rows leave the last bits clear)."""
     bits = segment > segment.mean(axis=0, keepdims=True)
+    bits = np.pad(bits, ((0, FINGERPRINT_ROWS - len(bits)), (0, 0)))
     packed = np.packbits(bits, axis=0)  # (4, C) uint8, big-endian within each byte
     return packed.T.copy().view(">u4").reshape(-1).astype(np.uint32)
 

@@ -16,8 +16,9 @@ import pandas as pd
 
 from seti_fastai.errors import CadenceFileError, DataLayoutError, LabelFileError
 
-N_PANELS, N_TIMES, N_CHANNELS = 6, 273, 256
+N_PANELS, N_TIMES, N_CHANNELS = 6, 273, 256  # N_TIMES: the Kaggle cadences' rows per panel
 CADENCE_SHAPE = (N_PANELS, N_TIMES, N_CHANNELS)
+MIN_ROWS, MAX_ROWS = 4, 4096  # rows per panel are a property of the data: 273 on Kaggle, 16 in Green Bank's files
 ON_PANELS = (0, 2, 4)  # ABACAD: the target star is observed in panels 0, 2 and 4
 OFF_PANELS = (1, 3, 5)
 ALLOWED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
@@ -150,6 +151,14 @@ class KaggleData:
     def paths(self, split: str, ids: list[str] | pd.Series) -> list[Path]:
         return [self.cadence_path(split, i) for i in ids]
 
+    def rows(self, split: str = "train") -> int:
+        """Rows per panel of the split's cadences, from its first listed file (`check_arrays` checks every file)."""
+        ids = self.read_labels(split)["id"]
+        if not len(ids):
+            raise LabelFileError(f"{self.labels_path(split)}: lists no cadence")
+        self.check_files(split, ids[:1])
+        return cadence_rows(self.cadence_path(split, ids.iloc[0]))
+
     def check_arrays(self, split: str, report_dir: Path | str, progress: Callable[[int], None] | None = None) -> None:
         """Load every cadence of `split` (shape, dtype, NaN/inf); when any is bad, list them all in
         `report_dir/bad_arrays_<split>.csv` and raise one error that counts them and names the first three."""
@@ -157,9 +166,13 @@ class KaggleData:
 
         paths = self.paths(split, self.read_labels(split)["id"])
         bad: list[tuple[str, str]] = []
+        rows = None
         for path in paths:
             try:
-                load_cadence(path)
+                n = load_cadence(path).shape[1]
+                rows = n if rows is None else rows
+                if n != rows:
+                    raise CadenceFileError(f"{path}: {n} rows per panel, the split's first cadence has {rows}")
             except CadenceFileError as e:
                 bad.append((str(path), _first_line(e).removeprefix(f"{path}: ")))
             if progress is not None:
@@ -219,6 +232,29 @@ def read_npy_header(f) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(shape), dtype
 
 
+SHAPE_TEXT = f"({N_PANELS}, rows, {N_CHANNELS}) with {MIN_ROWS} <= rows <= {MAX_ROWS} (Kaggle's: {CADENCE_SHAPE})"
+
+
+def is_cadence_shape(shape: Sequence[int]) -> bool:
+    """Six panels of 256 channels and any number of rows in [MIN_ROWS, MAX_ROWS]."""
+    shape = tuple(shape)
+    return len(shape) == 3 and shape[0] == N_PANELS and shape[2] == N_CHANNELS and MIN_ROWS <= shape[1] <= MAX_ROWS
+
+
+def cadence_rows(path: Path | str) -> int:
+    """Rows per panel of one cadence file, from its header alone (checked as `open_cadence` checks it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CadenceFileError(f"{path}: file not found")
+    try:
+        with open(path, "rb") as f:
+            _check_npy_header(f, path)
+            f.seek(0)
+            return int(read_npy_header(f)[0][1])
+    except OSError as e:
+        raise CadenceFileError(f"{path}: not a readable .npy array ({_first_line(e)})") from e
+
+
 def _check_npy_header(f, path: Path) -> None:
     """Check shape and dtype from a `.npy` header before any data are read: an object array is never unpickled and
     a header claiming a huge shape allocates nothing."""
@@ -226,14 +262,14 @@ def _check_npy_header(f, path: Path) -> None:
         shape, dtype = read_npy_header(f)
     except (ValueError, OSError, EOFError, SyntaxError, TypeError) as e:
         raise CadenceFileError(f"{path}: not a readable .npy array ({_first_line(e)})") from e
-    if tuple(shape) != CADENCE_SHAPE:
-        raise CadenceFileError(f"{path}: shape {tuple(shape)}, expected {CADENCE_SHAPE}")
+    if not is_cadence_shape(shape):
+        raise CadenceFileError(f"{path}: shape {tuple(shape)}, expected {SHAPE_TEXT}")
     if dtype not in ALLOWED_DTYPES:
         raise CadenceFileError(f"{path}: dtype {dtype}, expected float16 or float32")
 
 
 def open_cadence(path: Path | str, mmap: bool = False) -> np.ndarray:
-    """Open one cadence file (memory-mapped when `mmap`) and check its shape (6, 273, 256) and dtype (float16 or
+    """Open one cadence file (memory-mapped when `mmap`) and check its shape (6, rows, 256) and dtype (float16 or
     float32) from the header first; values are not read, so finiteness is the caller's check on what it uses."""
     path = Path(path)
     if not path.is_file():
@@ -248,8 +284,8 @@ def open_cadence(path: Path | str, mmap: bool = False) -> np.ndarray:
                 arr = np.load(f, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise CadenceFileError(f"{path}: not a readable .npy array ({_first_line(e)})") from e
-    if arr.shape != CADENCE_SHAPE or arr.dtype not in ALLOWED_DTYPES:  # the file changed since its header was read
-        raise CadenceFileError(f"{path}: shape {arr.shape} dtype {arr.dtype}, expected {CADENCE_SHAPE} float16/32")
+    if not is_cadence_shape(arr.shape) or arr.dtype not in ALLOWED_DTYPES:  # the file changed since its header
+        raise CadenceFileError(f"{path}: shape {arr.shape} dtype {arr.dtype}, expected {SHAPE_TEXT} float16/32")
     return arr
 
 
@@ -262,11 +298,11 @@ def check_finite(arr: np.ndarray, where: str) -> np.ndarray:
 
 
 def load_cadence(path: Path | str, panels: Sequence[int] | None = None) -> np.ndarray:
-    """Load one cadence file and validate it: shape (6, 273, 256), float16/float32, all finite.
+    """Load one cadence file and validate it: shape (6, rows, 256), float16/float32, all finite.
 
     Returns float32 (albumentations' OpenCV kernels reject float16). With `panels` (indices, e.g. an image recipe's
     `source_panels`) only those panels are read, through a memory map, and checked for finiteness: shape
-    (len(panels), 273, 256).
+    (len(panels), rows, 256).
     """
     subset = panels is not None and tuple(panels) != tuple(range(N_PANELS))
     arr = open_cadence(path, mmap=subset)

@@ -1,7 +1,8 @@
 """Needles drawn with setigen: the one signal generator of the synthetic set and of on-the-fly injection.
 
 A signal is drawn on the cadence's whole timeline (six panels plus the slews between them), so its path continues
-across panels as a real drifting signal would, then cut into the six (273, 256) panels. Units: the noise standard
+across panels as a real drifting signal would, then cut into the six (273, 256) panels; cadences of fewer rows
+(`bin_rows`) are the same signal integrated longer per row. Units: the noise standard
 deviation of a standardised panel (about 1). Numpy only; no fastai, no files.
 """
 
@@ -20,6 +21,24 @@ TIMELINE_ROWS = N_PANELS * N_TIMES + (N_PANELS - 1) * SLEW_ROWS
 NEEDLE_SHAPES = ("line", "squared", "sine", "random_walk")
 # setigen's default resolution is Breakthrough Listen's high-resolution product; only its ratio df/dt matters here.
 DF_HZ, DT_S = 2.7939677238464355, 18.253611008
+
+
+def bin_rows(x: np.ndarray, rows: int) -> np.ndarray:
+    """(..., 273, F) -> (..., rows, F): consecutive rows averaged in bins of 273 // rows (the remainder dropped), as
+    a longer integration per row would give. The noise std falls by sqrt(bin) while a signal keeps its level, so a
+    signal in units of the 273-row noise std is sqrt(bin) times brighter in units of the binned one."""
+    if not 1 <= rows <= N_TIMES:
+        raise ConfigError(f"rows must be in 1..{N_TIMES} (bins of the 273-row cadence); got {rows}")
+    if rows == N_TIMES:
+        return x
+    size = N_TIMES // rows
+    kept = x[..., : rows * size, :]
+    return kept.reshape(*x.shape[:-2], rows, size, x.shape[-1]).mean(axis=-2, dtype=np.float32)
+
+
+def signal_rows(signal: np.ndarray, rows: int) -> np.ndarray:
+    """A 273-row signal in noise-std units as the same signal in `rows` rows, in the binned noise's units."""
+    return signal if rows == N_TIMES else bin_rows(signal, rows) * np.float32(np.sqrt(N_TIMES // rows))
 
 
 def check_shape_weights(weights: dict[str, float], name: str = "shape weights") -> None:

@@ -1,4 +1,4 @@
-"""Image layouts and the image recipe: how a cadence (6, 273, 256) becomes the image (C, H, W) a model sees.
+"""Image layouts and the image recipe: how a cadence (6, rows, 256) becomes the image (C, H, W) a model sees.
 
 A layout is one object: the panels it reads, the shape it makes, whether one image column mixes ON and OFF rows
 (then no augmentation may move rows in time), how it builds the image and how the image is drawn (the columns and
@@ -46,7 +46,8 @@ class Layout:
         """The cadence panels the image is built from, for the run's `panels`."""
         return panels
 
-    def shape(self, panels: tuple[int, ...]) -> tuple[int, int, int]:
+    def shape(self, panels: tuple[int, ...], rows: int = N_TIMES) -> tuple[int, int, int]:
+        """(C, H, W) of the image of `panels` of `rows` rows each."""
         raise NotImplementedError
 
     def mixes_on_and_off(self, panels: tuple[int, ...]) -> bool:
@@ -57,16 +58,16 @@ class Layout:
         """(len(source_panels), T, F) -> the float32 image (C, H, W), C-contiguous."""
         raise NotImplementedError
 
-    def columns(self, image: np.ndarray, panels: tuple[int, ...]) -> Columns:
+    def columns(self, image: np.ndarray, panels: tuple[int, ...], rows: int = N_TIMES) -> Columns:
         """The columns `show` draws: the ON panels stacked in time beside the OFF panels."""
-        rows = self.panel_rows(image)
-        on = [r for i, r in zip(panels, rows, strict=True) if i in ON_PANELS]
-        off = [r for i, r in zip(panels, rows, strict=True) if i in OFF_PANELS]
+        cut = self.panel_rows(image, rows)
+        on = [r for i, r in zip(panels, cut, strict=True) if i in ON_PANELS]
+        off = [r for i, r in zip(panels, cut, strict=True) if i in OFF_PANELS]
         return [(name, group) for name, group in (("ON", on), ("OFF", off)) if group]
 
-    def panel_rows(self, image: np.ndarray) -> list[np.ndarray]:
-        """The image cut back into its (T, F) panels, in the order they were stacked."""
-        return [image[0, i * N_TIMES : (i + 1) * N_TIMES] for i in range(image.shape[1] // N_TIMES)]
+    def panel_rows(self, image: np.ndarray, rows: int = N_TIMES) -> list[np.ndarray]:
+        """The image cut back into its (rows, F) panels, in the order they were stacked."""
+        return [image[0, i * rows : (i + 1) * rows] for i in range(image.shape[1] // rows)]
 
 
 LAYOUTS: dict[str, Layout] = {}
@@ -89,8 +90,8 @@ class Stack(Layout):
     name = "stack"
     help = "panels one under the other in one channel"
 
-    def shape(self, panels: tuple[int, ...]) -> tuple[int, int, int]:
-        return (1, len(panels) * N_TIMES, N_CHANNELS)
+    def shape(self, panels: tuple[int, ...], rows: int = N_TIMES) -> tuple[int, int, int]:
+        return (1, len(panels) * rows, N_CHANNELS)
 
     def mixes_on_and_off(self, panels: tuple[int, ...]) -> bool:
         return any(i in ON_PANELS for i in panels) and any(i in OFF_PANELS for i in panels)
@@ -104,13 +105,13 @@ class Channels(Layout):
     name = "channels"
     help = "one panel per channel"
 
-    def shape(self, panels: tuple[int, ...]) -> tuple[int, int, int]:
-        return (len(panels), N_TIMES, N_CHANNELS)
+    def shape(self, panels: tuple[int, ...], rows: int = N_TIMES) -> tuple[int, int, int]:
+        return (len(panels), rows, N_CHANNELS)
 
     def build(self, cadence: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(cadence)
 
-    def panel_rows(self, image: np.ndarray) -> list[np.ndarray]:
+    def panel_rows(self, image: np.ndarray, rows: int = N_TIMES) -> list[np.ndarray]:
         return list(image)
 
 
@@ -137,14 +138,14 @@ class Diff(Layout):
     def source_panels(self, panels: tuple[int, ...]) -> tuple[int, ...]:
         return PANELS["all"]
 
-    def shape(self, panels: tuple[int, ...]) -> tuple[int, int, int]:
-        return (1, len(ON_PANELS) * N_TIMES, N_CHANNELS)
+    def shape(self, panels: tuple[int, ...], rows: int = N_TIMES) -> tuple[int, int, int]:
+        return (1, len(ON_PANELS) * rows, N_CHANNELS)
 
     def build(self, cadence: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(on_minus_off(cadence).reshape(1, -1, cadence.shape[-1]))
 
-    def columns(self, image: np.ndarray, panels: tuple[int, ...]) -> Columns:
-        return [("ON - OFF", self.panel_rows(image))]
+    def columns(self, image: np.ndarray, panels: tuple[int, ...], rows: int = N_TIMES) -> Columns:
+        return [("ON - OFF", self.panel_rows(image, rows))]
 
 
 def _choose(name: str, value: str, options) -> None:
@@ -162,6 +163,7 @@ class ImageRecipe:
     standardize: bool = False
     background: str = "none"
     resize_mode: str = "bilinear"
+    rows: int = N_TIMES  # per panel: a property of the data (`TrainConfig.rows`, resolved from it)
 
     def __post_init__(self) -> None:
         _choose("panels", self.panels, PANELS)
@@ -179,7 +181,8 @@ class ImageRecipe:
                 "background 'auto' is resolved before the image recipe is built: pass the config through "
                 "seti_fastai.learn.datablock.resolve_background first"
             )
-        return cls(cfg.panels, cfg.layout, cfg.standardize, background, cfg.resize_mode)
+        rows = getattr(cfg, "rows", None) or N_TIMES  # None: a run saved before rows were recorded (Kaggle's)
+        return cls(cfg.panels, cfg.layout, cfg.standardize, background, cfg.resize_mode, rows)
 
     @property
     def layout_of(self) -> Layout:
@@ -198,7 +201,7 @@ class ImageRecipe:
     @property
     def shape(self) -> tuple[int, int, int]:
         """(C, H, W) of the image."""
-        return self.layout_of.shape(self.panel_indices)
+        return self.layout_of.shape(self.panel_indices, self.rows)
 
     @property
     def in_chans(self) -> int:
@@ -210,12 +213,12 @@ class ImageRecipe:
         return self.layout_of.mixes_on_and_off(self.source_panels)
 
     @property
-    def image_key(self) -> tuple[str, str, bool]:
+    def image_key(self) -> tuple[str, str, bool, int]:
         """What makes two recipes give the same image from the same cadence (background aside)."""
-        return (self.panels, self.layout, self.standardize)
+        return (self.panels, self.layout, self.standardize, self.rows)
 
     def to_image(self, cadence: np.ndarray, standardize: bool | None = None) -> np.ndarray:
-        """A (6, 273, 256) cadence, or just its `source_panels` in order, -> float32 (C, H, W).
+        """A (6, rows, 256) cadence, or just its `source_panels` in order, -> float32 (C, H, W).
         `standardize` overrides the recipe's (a needle drawn for injection is added as it is)."""
         source = self.source_panels
         if len(cadence) == N_PANELS and len(source) != N_PANELS:
@@ -232,4 +235,4 @@ class ImageRecipe:
 
     def columns(self, image: np.ndarray) -> Columns:
         """What `show` draws for an image of this recipe."""
-        return self.layout_of.columns(image, self.source_panels)
+        return self.layout_of.columns(image, self.source_panels, self.rows)

@@ -1,6 +1,6 @@
 """The packed cache: every cadence of a split in one memory-mapped float16 file, found by id through an index.
 
-    <where>/packed/<split>.f16.npy      float16, shape (n, 6, 273, 256): row r holds one cadence, all six panels
+    <where>/packed/<split>.f16.npy      float16, shape (n, 6, rows, 256): row r holds one cadence, all six panels
     <where>/packed/<split>.index.csv    id,row
 
 `<where>` is the data folder when it is writable, otherwise the work folder (`io.derived_path`), as for fold files.
@@ -26,10 +26,13 @@ import numpy as np
 import pandas as pd
 
 from seti_fastai.data.cadence import (
-    CADENCE_SHAPE,
+    N_CHANNELS,
+    N_PANELS,
     SPLITS,
     KaggleData,
+    cadence_rows,
     check_finite,
+    is_cadence_shape,
     load_cadence,
     read_npy_header,
 )
@@ -88,15 +91,15 @@ class PackedCache:
             why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise self._stale(f"unreadable index: {why}") from e
         shape, dtype = _read_header(self.array_file)
-        if shape != (len(index), *CADENCE_SHAPE) or dtype != np.float16:
-            raise self._stale(f"array {shape} {dtype}, expected ({len(index)}, 6, 273, 256) float16")
+        if len(shape) != 4 or shape[0] != len(index) or not is_cadence_shape(shape[1:]) or dtype != np.float16:
+            raise self._stale(f"array {shape} {dtype}, expected ({len(index)}, 6, rows, 256) float16")
         if len(rows) != len(index) or sorted(rows.values()) != list(range(len(index))):
             raise self._stale("index rows are not 0..n-1 once each")
         missing, extra = set(ids) - rows.keys(), rows.keys() - set(ids)
         if missing or extra:
             raise self._stale(f"{len(missing)} of the split's {len(ids)} ids missing, {len(extra)} not in the split")
         size = self.array_file.stat().st_size
-        if size < len(index) * int(np.prod(CADENCE_SHAPE)) * 2:
+        if size < int(np.prod(shape)) * 2:
             raise self._stale(f"array truncated ({size} bytes)")
         return rows
 
@@ -113,7 +116,7 @@ class PackedCache:
         return cadence_id in self.rows
 
     def read(self, cadence_id: str, panels: Sequence[int] | None = None) -> np.ndarray:
-        """float32 (len(panels) or 6, 273, 256) of one cadence, only these panels read, checked finite."""
+        """float32 (len(panels) or 6, rows, 256) of one cadence, only these panels read, checked finite."""
         row = self.rows[cadence_id]
         part = self.array[row] if panels is None else self.array[row, list(panels)]
         return check_finite(np.asarray(part, dtype=np.float32), f"{self.array_file}: row {row} (id {cadence_id})")
@@ -217,10 +220,15 @@ def pack_split(
     paths = kaggle.paths(split, ids)
     try:
         with atomic_path(index) as tmp_index, atomic_path(array) as tmp_array:
-            out = np.lib.format.open_memmap(tmp_array, mode="w+", dtype=np.float16, shape=(len(ids), *CADENCE_SHAPE))
+            shape = (len(ids), N_PANELS, cadence_rows(paths[0]), N_CHANNELS)  # check_arrays: one shape per split
+            out = np.lib.format.open_memmap(tmp_array, mode="w+", dtype=np.float16, shape=shape)
             with ThreadPoolExecutor(max(1, workers)) as pool:
                 for start in range(0, len(paths), PACK_CHUNK):  # a chunk at a time: bounded memory
                     for row, cadence in enumerate(pool.map(_to_float16, paths[start : start + PACK_CHUNK]), start):
+                        if cadence.shape != shape[1:]:
+                            raise CadenceFileError(
+                                f"{paths[row]}: shape {cadence.shape}, the split's first cadence has {shape[1:]}"
+                            )
                         out[row] = cadence
                     if progress is not None:
                         progress(min(PACK_CHUNK, len(paths) - start))

@@ -10,7 +10,9 @@ How a cadence is made (see data/README.md for the picture):
    straight drifting lines, squared paths, sine ("S-shaped") paths, random-walk paths; constant or modulated
    brightness; Gaussian or box frequency profile; brightness drawn from `SynthConfig.brightness`.
 3. Decoys (some negatives). The same kinds of signal present in all six panels (RFI) or in the OFF panels only.
-4. Each panel is standardised to mean 0, std 1 and the cadence saved as float16 (6, 273, 256).
+4. With `rows` fewer than 273 (`--rows 16`: Green Bank's high-resolution product), the cadence is binned in time:
+   the same signals integrated longer per row (`inject.bin_rows`).
+5. Each panel is standardised to mean 0, std 1 and the cadence saved as float16 (6, rows, 256).
 
 Everything is drawn from generators seeded by (seed, strip) and (seed, cadence), so the output depends on the
 seed only, not on the number of worker processes.
@@ -29,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from seti_fastai.data.cadence import (
+    MIN_ROWS,
     N_CHANNELS,
     N_PANELS,
     N_TIMES,
@@ -38,6 +41,7 @@ from seti_fastai.data.cadence import (
     standardize_panels,
 )
 from seti_fastai.data.inject import (
+    bin_rows,
     check_shape_weights,
     hz,
     hz_per_s,
@@ -78,6 +82,7 @@ class SynthConfig:
     test_shape_weights: dict[str, float] | None = None
     decoy_rate: float = 0.3  # share of negatives that carry a signal in all panels or OFF panels only
     cadences_per_strip: int = 6  # mean number of cadences cut from one background strip
+    rows: int = N_TIMES  # per panel; fewer than 273: the same cadences binned in time (`inject.bin_rows`)
 
     def validate(self) -> None:
         if self.n_train < 1 or self.n_test < 0:
@@ -92,6 +97,8 @@ class SynthConfig:
             weights = getattr(self, name)
             if weights is not None:
                 check_shape_weights(weights, name)
+        if not MIN_ROWS <= self.rows <= N_TIMES:
+            raise ConfigError(f"rows must be in {MIN_ROWS}..{N_TIMES} (bins of the 273-row cadence); got {self.rows}")
         if not 0.0 <= self.decoy_rate <= 1.0 or self.cadences_per_strip < 1:
             raise ConfigError("decoy_rate must be in [0, 1] and cadences_per_strip >= 1")
 
@@ -237,8 +244,9 @@ def signal_panels(row: pd.Series | dict) -> list[int]:
     return []
 
 
-def make_cadence(stg, strip: np.ndarray, row: pd.Series | dict, seed: int) -> np.ndarray:
-    """Cut one cadence from `strip` and add its needle or decoy; returns standardised float16 (6, 273, 256)."""
+def make_cadence(stg, strip: np.ndarray, row: pd.Series | dict, seed: int, rows: int = N_TIMES) -> np.ndarray:
+    """Cut one cadence from `strip` and add its needle or decoy; returns standardised float16 (6, rows, 256), binned
+    in time when `rows` is fewer than the strip's 273."""
     band = slice(int(row["offset"]), int(row["offset"]) + N_CHANNELS)
     cadence = strip[:, :, band].copy()
     keep = signal_panels(row)
@@ -248,26 +256,26 @@ def make_cadence(stg, strip: np.ndarray, row: pd.Series | dict, seed: int) -> np
         # the signal passes through the same bandpass and gain as the noise it sits on (noise level is 10)
         level = cadence.mean(axis=1, keepdims=True) / 10.0
         cadence += signal_of(stg, row, seed) * mask * level
-    return standardize_panels(cadence).astype(np.float16)
+    return standardize_panels(bin_rows(cadence, rows)).astype(np.float16)
 
 
-def _write_strip(job: tuple[int, list[dict], int, str]) -> int:
+def _write_strip(job: tuple[int, list[dict], int, str, int]) -> int:
     """Worker: make one strip and write the cadences cut from it. Returns how many were written."""
-    strip_id, rows, seed, out = job
+    strip_id, planned, seed, out, rows = job
     stg = import_setigen()
     strip = _background_strip(stg, np.random.default_rng([seed, 1, strip_id]))
-    for row in rows:
+    for row in planned:
         path = Path(out) / SPLITS[row["split"]].folder / row["id"][0] / f"{row['id']}.npy"
-        np.save(path, make_cadence(stg, strip, row, seed))
-    return len(rows)
+        np.save(path, make_cadence(stg, strip, row, seed, rows))
+    return len(planned)
 
 
-def iter_write(plan: pd.DataFrame, seed: int, out: Path, workers: int) -> Iterator[int]:
+def iter_write(plan: pd.DataFrame, seed: int, out: Path, workers: int, rows: int = N_TIMES) -> Iterator[int]:
     """Write every planned cadence under `out`, one strip per job; yields the count written by each job."""
     for split in plan["split"].unique():
         for c in "0123456789abcdef":
             (out / SPLITS[split].folder / c).mkdir(parents=True, exist_ok=True)
-    jobs = [(int(s), g.to_dict("records"), seed, str(out)) for s, g in plan.groupby("strip")]
+    jobs = [(int(s), g.to_dict("records"), seed, str(out), rows) for s, g in plan.groupby("strip")]
     if workers <= 1:
         yield from map(_write_strip, jobs)
         return
@@ -308,7 +316,7 @@ def write_synthetic(
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     plan = plan_cadences(cfg)
     with atomic_dir(out, overwrite=overwrite) as tmp_out, atomic_dir(hidden, overwrite=overwrite) as tmp_hidden:
-        for n in iter_write(plan, cfg.seed, tmp_out, workers):
+        for n in iter_write(plan, cfg.seed, tmp_out, workers, cfg.rows):
             if progress is not None:
                 progress(n)
         for split in plan["split"].unique():

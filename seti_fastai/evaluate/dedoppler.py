@@ -113,9 +113,11 @@ def drift_sums(x: torch.Tensor, cfg: DedopplerConfig) -> torch.Tensor:
     return out
 
 
-def dedoppler(x: torch.Tensor, cfg: DedopplerConfig = DedopplerConfig()) -> tuple[torch.Tensor, ...]:
+def dedoppler(x: torch.Tensor, cfg: DedopplerConfig | None = None) -> tuple[torch.Tensor, ...]:
     """(B, 6, T, F) raw cadences (any T and F) -> (score, drift, channel), each (B,): the best ON-minus-OFF path
-    per cadence, the score in units of its noise."""
+    per cadence, the score in units of its noise. Without `cfg`, the default grid for T rows
+    (`DedopplerConfig.for_rows`)."""
+    cfg = cfg if cfg is not None else DedopplerConfig().for_rows(x.shape[2])
     sums = drift_sums(preprocess(x.float(), cfg.row_median), cfg)
     contrast = sums[:, :, list(ON_PANELS)].sum(2) - sums[:, :, list(OFF_PANELS)].sum(2)  # (B, D, F)
     best, index = contrast.flatten(1).max(1)
@@ -130,55 +132,60 @@ def _panel_offsets(cfg: DedopplerConfig, n_times: int) -> np.ndarray:
     return np.arange(N_PANELS) * (n_times + cfg.gap_rows) + (n_times - 1) / 2 - t_mid
 
 
-def max_shift(cfg: DedopplerConfig, n_times: int) -> int:
-    """The farthest (channels) a path of `best_paths` strays from its channel at the cadence's middle, pool
+def max_shift(cfg: DedopplerConfig, n_times: int, veto: int = 0) -> int:
+    """The farthest (channels) a path of `best_paths` strays from its channel at the cadence's middle, pooling
     included: the margin a stretch of band needs on both sides."""
-    across = math.floor(cfg.max_drift * np.abs(_panel_offsets(cfg, n_times)).max() + 0.5)
-    within = math.floor(cfg.max_drift * (n_times - 1) / 2 + 0.5)
-    return across + within + cfg.pool
+    reach = np.abs(_panel_offsets(cfg, n_times)).max() + (n_times - 1) / 2
+    return math.floor(cfg.max_drift * reach + 0.5) + max(cfg.pool, veto) + 1
 
 
 CONTRASTS = ("min", "sum")
 
 
 def best_paths(
-    x: torch.Tensor, cfg: DedopplerConfig, margin: int, contrast: str = "min"
+    x: torch.Tensor, cfg: DedopplerConfig, margin: int, contrast: str = "min", veto: int = 3
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(6, T, margin + F + margin) preprocessed panels of a stretch of band -> (score, drift), each (F,): for each of
     the F central channels, the best path through it at the cadence's middle and its drift (channels per row).
-    `margin` >= `max_shift(cfg, T)` keeps every path inside `x`. A path scores, in units of its noise,
-    - `min`: the weakest ON file's sum minus the strongest OFF file's (a signal in every ON file and in no OFF file,
-      as turboSETI's event filter asks: a bright line crossing the path in one file does not make an event);
+    `margin` >= `max_shift(cfg, T, veto)` keeps every path inside `x`. A path scores, in units of its noise,
+    - `min`: the weakest ON file's sum minus the strongest OFF file's, the ON sums max-pooled over +-`pool`
+      channels and the OFF sums over +-`veto` (a signal in every ON file and near the path in no OFF file, as
+      turboSETI's event filter asks: a bright line crossing the path in one file, or RFI in all six, is no event);
     - `sum`: the ON sums minus the OFF sums (`dedoppler`'s, more sensitive to faint needles, fooled by such lines).
 
-    A path is split in two: across the cadence (each panel's middle shifted by round(d * offset)) and within a
-    panel (row r shifted by round(d * (r - middle))), so the within-panel sums of one shift pattern serve every
-    drift that rounds to it (neighbouring drifts: the grid is walked in order), and each drift costs six slices.
-    The two roundings move a path by one channel at most, which the pool absorbs."""
+    Row r of panel p lies at round(d * (offset_p + r - middle)) channels from the path's channel at the cadence's
+    middle; each panel's sum for one pattern of shifts (relative to its own middle) serves every drift that rounds
+    to the same pattern (neighbouring drifts: the grid is walked in order), and each drift costs six slices."""
     n_times, width = x.shape[1], x.shape[2]
     n_chan = width - 2 * margin
     if contrast not in CONTRASTS:
         raise ConfigError(f"contrast must be one of {', '.join(CONTRASTS)}; got {contrast!r}")
-    if margin < max_shift(cfg, n_times) or n_chan < 1:
-        raise ValueError(f"a margin of {margin} channels is narrower than the paths' {max_shift(cfg, n_times)}")
-    within = math.floor(cfg.max_drift * (n_times - 1) / 2 + 0.5)
+    if margin < max_shift(cfg, n_times, veto) or n_chan < 1:
+        need = max_shift(cfg, n_times, veto)
+        raise ValueError(f"a margin of {margin} channels is narrower than the paths' {need}")
+    within = math.floor(cfg.max_drift * (n_times - 1) / 2 + 0.5) + 1
     padded = F.pad(x, (within, within))
     rows = np.arange(n_times) - (n_times - 1) / 2
     offsets = _panel_offsets(cfg, n_times)
+    pools = [cfg.pool if p in ON_PANELS or contrast == "sum" else max(cfg.pool, veto) for p in range(N_PANELS)]
     on, off = list(ON_PANELS), list(OFF_PANELS)
     best = torch.full((n_chan,), -math.inf, device=x.device)
     best_drift = torch.zeros(n_chan, device=x.device)
-    pattern, panel_sums = None, None
+    patterns: list[np.ndarray | None] = [None] * N_PANELS
+    panel_sums = torch.zeros(N_PANELS, width, device=x.device)
     for drift in cfg.drifts():
-        shifts = np.floor(drift * rows + 0.5).astype(np.int64)
-        if pattern is None or not np.array_equal(shifts, pattern):
-            pattern, panel_sums = shifts, torch.zeros(N_PANELS, width, device=x.device)
-            for r, shift in enumerate(shifts):
-                panel_sums += padded[:, r, within + shift : within + shift + width]
-            if cfg.pool:
-                panel_sums = F.max_pool1d(panel_sums[:, None], 2 * cfg.pool + 1, 1, cfg.pool)[:, 0]
-        shifts = np.floor(drift * offsets + 0.5).astype(np.int64)
-        sums = torch.stack([panel_sums[p, margin + d : margin + d + n_chan] for p, d in enumerate(shifts)])
+        centres = np.floor(drift * offsets + 0.5).astype(np.int64)
+        for p in range(N_PANELS):
+            pattern = np.floor(drift * (offsets[p] + rows) + 0.5).astype(np.int64) - centres[p]
+            if patterns[p] is None or not np.array_equal(pattern, patterns[p]):
+                patterns[p] = pattern
+                total = torch.zeros(width, device=x.device)
+                for r, shift in enumerate(pattern):
+                    total += padded[p, r, within + shift : within + shift + width]
+                if pools[p]:
+                    total = F.max_pool1d(total[None, None], 2 * pools[p] + 1, 1, pools[p])[0, 0]
+                panel_sums[p] = total
+        sums = torch.stack([panel_sums[p, margin + d : margin + d + n_chan] for p, d in enumerate(centres)])
         if contrast == "min":
             score = sums[on].min(0).values - sums[off].max(0).values
         else:
@@ -213,14 +220,16 @@ def resolve_device(device: str | None = None) -> torch.device:
 
 def score_files(
     paths: Sequence[Path | str],
-    cfg: DedopplerConfig = DedopplerConfig(),
+    cfg: DedopplerConfig | None = None,
     bs: int = 32,
     workers: int = 0,
     device: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> pd.DataFrame:
-    """Score cadence files (loaded and validated in DataLoader workers): columns score, drift, channel, in order."""
-    cfg.validate()
+    """Score cadence files (loaded and validated in DataLoader workers): columns score, drift, channel, in order.
+    Without `cfg`, the default grid for the files' rows."""
+    if cfg is not None:
+        cfg.validate()
     if bs < 1 or workers < 0:
         raise ConfigError(f"batch size must be >= 1 and workers >= 0, got {bs} and {workers}")
     dev = resolve_device(device)

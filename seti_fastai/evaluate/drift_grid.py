@@ -4,7 +4,7 @@ the command line reads its defaults from here without importing torch."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -46,6 +46,20 @@ class DedopplerConfig:
             )
         if self.gap_rows < 0 or self.pool < 0:
             raise ConfigError(f"gap rows and pool must be >= 0, got {self.gap_rows} and {self.pool}")
+
+    def for_rows(self, rows: int) -> DedopplerConfig:
+        """This grid (set for Kaggle's 273-row panels) for panels of `rows` rows binned from them: each row lasts
+        273 / rows times longer, so the same drifts move that many more channels per row and the slew is fewer
+        rows."""
+        if rows == N_TIMES:
+            return self
+        longer = N_TIMES / rows
+        return replace(
+            self,
+            max_drift=self.max_drift * longer,
+            drift_step=self.drift_step * longer,
+            gap_rows=round(self.gap_rows / longer),
+        )
 
     def drifts(self) -> np.ndarray:
         """The drift grid: -n*step .. n*step with n*step <= max_drift (always holds 0 once valid)."""

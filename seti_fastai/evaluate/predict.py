@@ -25,7 +25,7 @@ from fastai.data.transforms import ColReader
 from fastai.learner import Learner
 
 from seti_fastai.config import TrainConfig, load_run_config
-from seti_fastai.data.cadence import KaggleData, read_id_csv
+from seti_fastai.data.cadence import N_TIMES, KaggleData, cadence_rows, read_id_csv
 from seti_fastai.data.layouts import ImageRecipe
 from seti_fastai.data.pack import PackedSources
 from seti_fastai.errors import ConfigError, RunDirError
@@ -95,14 +95,19 @@ def load_run(run_dir: Path | str) -> tuple[TrainConfig, SetiModel]:
     return run.cfg, load_model(run)
 
 
+def _layout_text(image: ImageRecipe) -> str:
+    rows = "" if image.rows == N_TIMES else f", {image.rows} rows"
+    return f"{image.panels}/{image.layout}/{image.standardize}{rows}"
+
+
 def check_same_layout(runs: list[TrainedRun]) -> None:
-    """Runs in one ensemble must read cadences the same way (panels, layout, standardisation)."""
+    """Runs in one ensemble must read cadences the same way (panels, layout, standardisation, rows)."""
     first = runs[0].image.image_key
     for run in runs:
         if run.image.image_key != first:
             raise ConfigError(
-                f"{run.run_dir}: image layout {'/'.join(map(str, run.image.image_key))} differs from "
-                f"{runs[0].run_dir} ({'/'.join(map(str, first))}); predict each layout separately and average the CSVs"
+                f"{run.run_dir}: image layout {_layout_text(run.image)} differs from "
+                f"{runs[0].run_dir} ({_layout_text(runs[0].image)}); predict each layout separately, average the CSVs"
             )
 
 
@@ -271,6 +276,12 @@ def plan_prediction(
     runs = [read_run(r) for r in run_dirs]
     check_same_layout(runs)
     ids = resolve_ids(data, split, ids_file)
+    rows = cadence_rows(KaggleData(data).cadence_path(split, ids[0])) if ids else runs[0].image.rows
+    if rows != runs[0].image.rows:
+        raise ConfigError(
+            f"{runs[0].run_dir}: trained on {runs[0].image.rows}-row cadences; "
+            f"the {split} cadences of {data} hold {rows} rows per panel"
+        )
     if not isinstance(calibration, Resolved):
         calibration = resolve_calibration([r.run_dir for r in runs], calibration, tta, combine)
     return PredictionPlan(tuple(runs), Path(data), split, tuple(ids), tta, combine, beta, calibration, packed)

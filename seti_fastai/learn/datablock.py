@@ -20,7 +20,7 @@ from seti_fastai.data.cadence import KaggleData, read_id_numbers
 from seti_fastai.data.folds import check_fold, load_or_make_folds
 from seti_fastai.data.layouts import ImageRecipe
 from seti_fastai.data.pack import PackedSources, packed_sources
-from seti_fastai.errors import DataLayoutError, LabelFileError
+from seti_fastai.errors import ConfigError, DataLayoutError, LabelFileError
 from seti_fastai.io import derived_path
 from seti_fastai.learn.augment import AugRecipe, augmentations
 from seti_fastai.learn.transforms import CadenceLoader, Partners, to_float_target
@@ -118,6 +118,16 @@ def resolve_background(cfg: TrainConfig, say: Callable[[str], None] | None = Non
 
     matches = cfg.matches or str(find_or_match(cfg.data, cfg.out, say, workers=min(4, cfg.workers)))
     return dataclasses.replace(cfg, background="subtract", matches=matches)
+
+
+def resolve_rows(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with `rows` found from the data (the first cadence of the split it trains on); a given `--rows` the data
+    contradict is a ConfigError. config.yaml records it: prediction and scanning check their data against it."""
+    split = "old-train" if cfg.stage == "pretrain" else "train"
+    found = KaggleData(cfg.data).rows(split)
+    if cfg.rows is not None and cfg.rows != found:
+        raise ConfigError(f"--rows {cfg.rows}: the {split} cadences of {cfg.data} hold {found} rows per panel")
+    return dataclasses.replace(cfg, rows=found)
 
 
 def same_data(a: Path | str, b: Path | str) -> bool:

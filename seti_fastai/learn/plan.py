@@ -22,7 +22,7 @@ from seti_fastai.config import TrainConfig, load_run_config, resume_conflicts
 from seti_fastai.data.layouts import ImageRecipe
 from seti_fastai.errors import ConfigError, RunDirError
 from seti_fastai.learn.augment import AugRecipe
-from seti_fastai.learn.datablock import resolve_background
+from seti_fastai.learn.datablock import resolve_background, resolve_rows
 from seti_fastai.learn.distributed import init_distributed, is_main
 from seti_fastai.learn.logs import check_logs
 from seti_fastai.lock import LOCK_NAME, RunLock, run_lock
@@ -73,7 +73,7 @@ def plan_run(
             )
         saved.workers, saved.resume = cfg.workers, True
         cfg = saved
-    cfg = resolve_background(resolve_pretrained(cfg), say)
+    cfg = resolve_rows(resolve_background(resolve_pretrained(cfg), say))
     check_logs(cfg)
     init_weights = init_source(cfg) if cfg.init_from else None
     image = ImageRecipe.from_config(cfg)

@@ -10,7 +10,7 @@ import torch
 from fastai.data.transforms import CategoryMap, DisplayedTransform, ItemTransform
 
 from seti_fastai.data.background import subtract_background
-from seti_fastai.data.inject import NeedleSpec, draw_needle, import_setigen
+from seti_fastai.data.inject import NeedleSpec, draw_needle, import_setigen, signal_rows
 from seti_fastai.data.layouts import ImageRecipe
 from seti_fastai.data.pack import PackedSources, read_cadence
 from seti_fastai.learn.show import TensorCadence, TensorLabel
@@ -74,11 +74,11 @@ class InjectNeedle(ItemTransform):
     """With probability `p`, add a setigen needle to a negative training cadence's ON panels and label it 1.
 
     Runs on the (image, target) pair after loading, so it works for every layout: the needle is drawn as a cadence
-    (6, 273, 256), zero in the OFF panels, and turned into an image the same way (every layout is linear in it; the
-    per-channel median of `diff` is that of the noise, which a thin needle hardly moves). Brightness is in units of
-    the panel's noise std, so it stays right after background subtraction, which leaves a needle as it was. Draws
-    come from a generator reseeded from `torch.initial_seed()`, like `augment.AlbumentationsTransform`: reproducible
-    from the run's seed, different in every worker and epoch.
+    (6, 273, 256), zero in the OFF panels, binned to the data's rows (`inject.signal_rows`) and turned into an image
+    the same way (every layout is linear in it; the per-channel median of `diff` is that of the noise, which a thin
+    needle hardly moves). Brightness is in units of the panel's noise std, so it stays right after background
+    subtraction, which leaves a needle as it was. Draws come from a generator reseeded from `torch.initial_seed()`,
+    like `augment.AlbumentationsTransform`: reproducible from the run's seed, different in every worker and epoch.
     """
 
     split_idx = 0  # training set only
@@ -104,7 +104,8 @@ class InjectNeedle(ItemTransform):
             return sample
         if self._stg is None:
             self._stg = import_setigen()
-        needle = self.recipe.to_image(draw_needle(self._stg, self.spec, rng), standardize=False)
+        needle = signal_rows(draw_needle(self._stg, self.spec, rng), self.recipe.rows)
+        needle = self.recipe.to_image(needle, standardize=False)
         return x + torch.from_numpy(needle), torch.ones_like(y)  # keeps the image's type and metadata
 
 

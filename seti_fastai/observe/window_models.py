@@ -16,14 +16,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from seti_fastai.data.cadence import N_CHANNELS, N_TIMES
+from seti_fastai.data.cadence import N_CHANNELS
 from seti_fastai.errors import ConfigError
 from seti_fastai.evaluate.predict import TrainedRun, flip_views, load_model, read_run, views_logits
 
 
 def run_rows(run: TrainedRun) -> int:
-    """Time rows per panel of the cadences a run trained on (the Kaggle layout's)."""
-    return N_TIMES
+    """Time rows per panel of the cadences a run trained on."""
+    return run.image.rows
 
 
 class WindowModels:
