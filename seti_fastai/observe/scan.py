@@ -4,9 +4,9 @@ by trained models), and the windows above a threshold merged into events.
 The band is read in chunks of about `chunk` channels, each with the margin its drifting paths need on both sides,
 so memory is bounded by the chunk whatever the band. In a chunk the reference scores every channel at once
 (`evaluate.dedoppler.best_paths`: the best path through it, by default the weakest ON file's sum minus the
-strongest OFF file's, in noise units); a window's reference score
-is the best of its channels'. Models score each window's six panels (`observe.window_models`). Windows that reach
-the threshold, overlap and share their best path merge into one event, with the fields of its best window.
+strongest OFF file's, in noise units); a window's reference score is the best of its channels'. Models score each
+window's six panels (`observe.window_models`). Windows that reach the threshold give one event per peak: a window
+is kept where no window overlapping it scores higher.
 
 Drifts are searched in channels per row (the reference's unit) and reported in Hz/s: one channel per row is
 foff / tsamp, negative for the descending bands of Green Bank's files (channel index rises as frequency falls).
@@ -56,7 +56,7 @@ def search_grid(cadence: ObservationCadence, cfg: ScanConfig) -> SearchGrid:
     dd = DedopplerConfig(
         max_drift=cfg.max_drift / abs(hz_per_s), drift_step=1 / max(t_mid, 1.0), gap_rows=gap, pool=cfg.pool
     )
-    margin = max_shift(dd, n_times)
+    margin = max_shift(dd, n_times, cfg.veto)
     if 2 * margin > cfg.chunk:
         raise ConfigError(
             f"--max-drift {cfg.max_drift} Hz/s moves a path {margin} channels: raise --chunk above {2 * margin}"
@@ -101,7 +101,7 @@ def scan_windows(
         x = preprocess(torch.from_numpy(raw).to(device)[None])[0]
         x = F.pad(x, (pad_low, pad_high))  # beyond the band: no signal, no noise
         with torch.inference_mode():
-            score, drift = best_paths(x, grid.dedoppler, grid.margin, cfg.contrast)
+            score, drift = best_paths(x, grid.dedoppler, grid.margin, cfg.contrast, cfg.veto)
         offsets = torch.as_tensor(chunk_starts - lo, device=score.device)
         cells = offsets[:, None] + torch.arange(cfg.window, device=score.device)  # (n windows, window)
         best, where = score[cells].max(1)
@@ -124,31 +124,27 @@ def scan_windows(
             progress(hi - lo)
 
 
-def merge_events(windows: Iterable[pd.DataFrame], key: str, threshold: float, tolerance: int = 3) -> pd.DataFrame:
-    """The windows whose `key` reaches `threshold`, those that overlap and share their best path (the same channel
-    within `tolerance`) merged into one event: the union of their channels, the other fields those of the best of
-    them, and how many windows it merged. Overlapping windows with different best paths stay apart."""
-    events: list[dict] = []
-    current: dict | None = None
-    for chunk in windows:
-        for row in chunk[chunk[key] >= threshold].to_dict("records"):
-            if (
-                current is not None
-                and row["start"] < current["stop"]
-                and abs(row["channel"] - current["channel"]) <= tolerance
-            ):
-                stop, n, first = max(current["stop"], row["stop"]), current["n_windows"] + 1, current["start"]
-                if row[key] > current[key]:
-                    current = dict(row)
-                current.update(start=first, stop=stop, n_windows=n)
-                continue
-            if current is not None:
-                events.append(current)
-            current = dict(row, n_windows=1)
-    if current is not None:
-        events.append(current)
+def merge_events(windows: Iterable[pd.DataFrame], key: str, threshold: float) -> pd.DataFrame:
+    """The windows whose `key` reaches `threshold`, each kept only where no window overlapping it scores higher
+    (the first of equals): one event per peak, however many windows see it, and a bright needle's weaker paths
+    in the windows beside it are not events of their own. `n_windows` counts the windows over the threshold that
+    overlap the event's (itself included)."""
+    passing = [chunk[chunk[key] >= threshold] for chunk in windows]
     columns = ["start", "stop", "channel", "drift_hz_s", "reference", "probability", "n_windows"]
-    return pd.DataFrame(events, columns=columns)
+    table = pd.concat(passing, ignore_index=True) if passing else pd.DataFrame(columns=columns[:-1])
+    start, stop = table["start"].to_numpy(), table["stop"].to_numpy()
+    score = table[key].to_numpy(dtype=float)
+    keep = np.ones(len(table), dtype=bool)
+    count = np.ones(len(table), dtype=np.int64)
+    for k in range(1, len(table)):  # neighbours k places apart, while any of them still overlap
+        overlap = start[k:] < stop[:-k]
+        if not overlap.any():
+            break
+        count[k:] += overlap
+        count[:-k] += overlap
+        keep[k:] &= ~(overlap & (score[:-k] >= score[k:]))  # an earlier window as good or better
+        keep[:-k] &= ~(overlap & (score[k:] > score[:-k]))  # a later window better
+    return table[keep].assign(n_windows=count[keep])[columns].reset_index(drop=True)
 
 
 def scan_cadence(

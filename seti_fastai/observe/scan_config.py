@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from seti_fastai.errors import ConfigError
 
-REFERENCE_THRESHOLD = 10.0  # noise units, as turboSETI's default SNR
+# reference scores (noise units) that give about one false event per MHz on bench/scan.py's synthetic cadence
+REFERENCE_THRESHOLDS = {"min": 4.0, "sum": 10.0}
 PROBABILITY_THRESHOLD = 0.5
 
 
@@ -26,10 +27,15 @@ class ScanConfig:
         default="min",
         metadata={"help": "a path's score: min (weakest ON file minus strongest OFF) or sum (ON minus OFF sums)"},
     )
+    veto: int = field(
+        default=3, metadata={"help": "min contrast: channels either side of a path where OFF files veto it"}
+    )
     pool: int = field(default=1, metadata={"help": "max-pool half-width (channels) of each file's path sum"})
     threshold: float | None = field(
         default=None,
-        metadata={"help": "events reach this model probability (with runs; default 0.5) or reference score (10)"},
+        metadata={
+            "help": "events reach this model probability (with runs; default 0.5) or reference score (4; sum: 10)"
+        },
     )
     top_k: int | None = field(default=None, metadata={"help": "keep the best K events of each cadence"})
 
@@ -42,10 +48,10 @@ class ScanConfig:
             raise ConfigError(f"chunk ({self.chunk} channels) must hold at least one window ({self.window})")
         if self.contrast not in ("min", "sum"):
             raise ConfigError(f"contrast must be min or sum; got {self.contrast!r}")
-        if self.pool < 0 or (self.top_k is not None and self.top_k < 1):
-            raise ConfigError(f"pool must be >= 0 and top-k >= 1, got {self.pool} and {self.top_k}")
+        if self.veto < 0 or self.pool < 0 or (self.top_k is not None and self.top_k < 1):
+            raise ConfigError(f"veto and pool must be >= 0 and top-k >= 1, got {self.veto}, {self.pool}, {self.top_k}")
 
     def threshold_for(self, with_models: bool) -> float:
         if self.threshold is not None:
             return self.threshold
-        return PROBABILITY_THRESHOLD if with_models else REFERENCE_THRESHOLD
+        return PROBABILITY_THRESHOLD if with_models else REFERENCE_THRESHOLDS[self.contrast]
