@@ -203,3 +203,23 @@ def test_turboseti_dat_files_are_read_and_foreign_ones_refused(tmp_path):
     (tmp_path / "x.dat").write_text("hello\n")
     with pytest.raises(DataLayoutError, match=r"not a turboSETI \.dat file"):
         read_dat(tmp_path / "x.dat")
+
+
+TURBOSETI_PYTHON = os.environ.get("SETI_TURBOSETI_PYTHON")  # a Python with turbo_seti 2.3.2 (it needs numpy<2)
+
+
+@pytest.mark.skipif(not TURBOSETI_PYTHON, reason="set SETI_TURBOSETI_PYTHON to a Python with turbo_seti installed")
+def test_turboseti_finds_the_needle_the_scan_finds_and_its_dat_file_reads(observation, tmp_path):
+    code = (
+        "import sys; from turbo_seti.find_doppler.find_doppler import FindDoppler; "
+        "FindDoppler(sys.argv[1], max_drift=0.4, snr=10, out_dir=sys.argv[2], log_level_int=40).search()"
+    )
+    first = observation["h5"][0]
+    proc = subprocess.run([TURBOSETI_PYTHON, "-c", code, str(first), str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    hits = read_dat(tmp_path / f"{first.stem}.dat")
+    channel = (6000.0 - hits["Uncorrected_Frequency"]) / (CHANNEL_HZ * 1e-6)  # ChanIndx counts within a coarse channel
+    hit = hits.iloc[(channel - NEEDLE.channel).abs().argmin()]
+    assert abs(channel - NEEDLE.channel).min() <= 3 and hit["DriftRate"] == pytest.approx(NEEDLE.drift, abs=0.03)
+    event = scan_cadence(open_cadence(observation["h5"])).iloc[0]
+    assert event["drift_hz_s"] == pytest.approx(hit["DriftRate"], abs=0.03)
