@@ -91,3 +91,12 @@ def test_an_off_file_naming_the_on_source_is_refused(cadences, tmp_path):
     with pytest.raises(DataLayoutError, match="an OFF position names the ON source 'TARGET'"):
         open_cadence([paths[0], paths[1], paths[2], on[0], paths[4], paths[5]])
     assert read_header(paths[3]).source == "OFF2"
+
+
+def test_a_file_damaged_past_its_header_is_one_line_when_its_channels_are_read(cadences, tmp_path):
+    paths = _copy(cadences["h5"], tmp_path)
+    cadence = open_cadence(paths)
+    data = paths[2].read_bytes()
+    paths[2].write_bytes(data[: len(data) // 2])  # the header (at the start) survives, the data do not
+    with pytest.raises(DataLayoutError, match=r"2_TARGET\.h5: cannot read channels 0-1024"):
+        cadence.read_channels(0, 1024)

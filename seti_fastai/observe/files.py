@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seti_fastai.errors import DataLayoutError
+from seti_fastai.errors import DataLayoutError, first_sentence
 
 N_FILES = 6  # one ABACAD cadence: ON, OFF, ON, OFF, ON, OFF
 ON_FILES, OFF_FILES = (0, 2, 4), (1, 3, 5)
@@ -148,7 +148,10 @@ class ObservationCadence:
             raise ValueError(f"channels [{start}, {stop}) outside the band of {self.nchans}")
         out = np.empty((N_FILES, self.n_rows, stop - start), dtype=np.float32)
         for i, f in enumerate(self.files):
-            out[i] = _read_channels(f, start, stop)
+            try:
+                out[i] = _read_channels(f, start, stop)
+            except (OSError, ValueError, KeyError) as e:  # a file damaged past its header, or changed since
+                raise DataLayoutError(f"{f.path}: cannot read channels {start}-{stop} ({first_sentence(e)})") from e
         return out
 
 
