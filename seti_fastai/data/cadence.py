@@ -246,18 +246,13 @@ def cadence_rows(path: Path | str) -> int:
     path = Path(path)
     if not path.is_file():
         raise CadenceFileError(f"{path}: file not found")
-    try:
-        with open(path, "rb") as f:
-            _check_npy_header(f, path)
-            f.seek(0)
-            return int(read_npy_header(f)[0][1])
-    except OSError as e:
-        raise CadenceFileError(f"{path}: not a readable .npy array ({_first_line(e)})") from e
+    with open(path, "rb") as f:
+        return int(_check_npy_header(f, path)[1])
 
 
-def _check_npy_header(f, path: Path) -> None:
-    """Check shape and dtype from a `.npy` header before any data are read: an object array is never unpickled and
-    a header claiming a huge shape allocates nothing."""
+def _check_npy_header(f, path: Path) -> tuple[int, ...]:
+    """Check shape and dtype from a `.npy` header before any data are read (an object array is never unpickled and
+    a header claiming a huge shape allocates nothing); the shape."""
     try:
         shape, dtype = read_npy_header(f)
     except (ValueError, OSError, EOFError, SyntaxError, TypeError) as e:
@@ -266,6 +261,7 @@ def _check_npy_header(f, path: Path) -> None:
         raise CadenceFileError(f"{path}: shape {tuple(shape)}, expected {SHAPE_TEXT}")
     if dtype not in ALLOWED_DTYPES:
         raise CadenceFileError(f"{path}: dtype {dtype}, expected float16 or float32")
+    return tuple(shape)
 
 
 def open_cadence(path: Path | str, mmap: bool = False) -> np.ndarray:
