@@ -27,7 +27,7 @@ from seti_fastai.errors import ConfigError
 from seti_fastai.evaluate.dedoppler import best_paths, max_shift, preprocess
 from seti_fastai.evaluate.drift_grid import DedopplerConfig
 from seti_fastai.observe.files import ObservationCadence
-from seti_fastai.observe.scan_config import ScanConfig
+from seti_fastai.observe.scan_config import ScanConfig, ranking_key
 
 WindowScorer = Callable[[torch.Tensor], np.ndarray]  # (N, 6, T, W) preprocessed windows -> probabilities (N,)
 Progress = Callable[[int], None] | None  # called with the channels just scanned
@@ -157,7 +157,7 @@ def scan_cadence(
     """The events of one cadence, best first (by model probability with models, else by reference score), with
     their frequencies (MHz: the band's at the event's first and last channel, and the best path's at the cadence's
     middle) and the six files."""
-    key = "probability" if models is not None else "reference"
+    key = ranking_key(models is not None)
     windows = scan_windows(cadence, cfg, models, device, progress)
     events = merge_events(windows, key, cfg.threshold_for(models is not None))
     events = events.sort_values([key, "reference"], ascending=False, kind="stable").head(cfg.top_k)

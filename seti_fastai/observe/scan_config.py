@@ -13,6 +13,11 @@ REFERENCE_THRESHOLDS = {"min": 4.0, "sum": 10.0}
 PROBABILITY_THRESHOLD = 0.5
 
 
+def ranking_key(with_models: bool) -> str:
+    """The event column events are ranked and thresholded by: the models' probability, else the reference score."""
+    return "probability" if with_models else "reference"
+
+
 @dataclass(frozen=True)
 class ScanConfig:
     """How a band is searched and which windows become events."""

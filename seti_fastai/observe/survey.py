@@ -23,6 +23,7 @@ from seti_fastai.io import atomic_write_csv, atomic_write_json
 from seti_fastai.learn.distributed import barrier, init_distributed, is_main, rank, world_size
 from seti_fastai.observe.files import N_FILES, ObservationCadence, open_cadence
 from seti_fastai.observe.scan import ScanConfig, scan_cadence
+from seti_fastai.observe.scan_config import ranking_key
 from seti_fastai.observe.window_models import WindowModels
 
 EVENT_COLUMNS = [
@@ -132,7 +133,7 @@ def run_survey(
     if not is_main():
         return None
     table = pd.concat([pd.read_csv(survey.parts / n) for n in names], ignore_index=True)[EVENT_COLUMNS]
-    key = "probability" if survey.run_dirs else "reference"
+    key = ranking_key(bool(survey.run_dirs))
     table = table.sort_values([key, "reference"], ascending=False, kind="stable").reset_index(drop=True)
     atomic_write_csv(table, survey.out)
     return table
