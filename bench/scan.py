@@ -132,7 +132,7 @@ def match(channels: np.ndarray, needles, at) -> list[int | None]:
 
 def scan_all_windows(files, contrast: str, runs, resample: bool):
     from seti_fastai.observe.files import open_cadence
-    from seti_fastai.observe.scan import ScanConfig, merge_events, scan_windows
+    from seti_fastai.observe.scan import ScanConfig, peak_events, scan_windows
 
     cadence = open_cadence(files)
     cfg = ScanConfig(contrast=contrast)
@@ -147,7 +147,7 @@ def scan_all_windows(files, contrast: str, runs, resample: bool):
     windows = list(scan_windows(cadence, cfg, models))
     seconds = time.perf_counter() - start
     key = "probability" if models else "reference"
-    events = merge_events(windows, key, -np.inf)
+    events = peak_events(windows, key, -np.inf)
     return events, key, seconds
 
 

@@ -124,7 +124,7 @@ def scan_windows(
             progress(hi - lo)
 
 
-def merge_events(windows: Iterable[pd.DataFrame], key: str, threshold: float) -> pd.DataFrame:
+def peak_events(windows: Iterable[pd.DataFrame], key: str, threshold: float) -> pd.DataFrame:
     """The windows whose `key` reaches `threshold`, each kept only where no window overlapping it scores higher
     (the first of equals): one event per peak, however many windows see it, and a bright needle's weaker paths
     in the windows beside it are not events of their own. `n_windows` counts the windows over the threshold that
@@ -159,7 +159,7 @@ def scan_cadence(
     middle) and the six files."""
     key = ranking_key(models is not None)
     windows = scan_windows(cadence, cfg, models, device, progress)
-    events = merge_events(windows, key, cfg.threshold_for(models is not None))
+    events = peak_events(windows, key, cfg.threshold_for(models is not None))
     events = events.sort_values([key, "reference"], ascending=False, kind="stable").head(cfg.top_k)
     return events.assign(
         freq_start_mhz=cadence.frequency(events["start"].to_numpy()),
