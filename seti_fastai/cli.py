@@ -23,10 +23,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks 
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated")  # raised by a dependency's import
 
 from seti_fastai.data.background import DEFAULT_MIN_OVERLAP, DEFAULT_MIN_SIMILARITY  # noqa: E402
+from seti_fastai.data.drift_grid import DedopplerConfig  # noqa: E402
 from seti_fastai.data.folds import DEFAULT_K, DEFAULT_SEED, folds_name  # noqa: E402
 from seti_fastai.data.synth import DIFFICULTY, SynthConfig  # noqa: E402
 from seti_fastai.errors import SetiError  # noqa: E402
-from seti_fastai.evaluate.drift_grid import DedopplerConfig  # noqa: E402
 from seti_fastai.observe.scan_config import ScanConfig  # noqa: E402
 
 app = typer.Typer(

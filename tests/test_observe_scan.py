@@ -16,9 +16,9 @@ import torch
 from typer.testing import CliRunner
 
 from seti_fastai.cli import app
+from seti_fastai.data.drift_grid import DedopplerConfig
 from seti_fastai.errors import ConfigError, DataLayoutError
 from seti_fastai.evaluate.dedoppler import dedoppler
-from seti_fastai.evaluate.drift_grid import DedopplerConfig
 from seti_fastai.observe.files import open_cadence
 from seti_fastai.observe.scan import ScanConfig, scan_cadence, scan_windows, search_grid
 from seti_fastai.observe.survey import read_cadence_list

@@ -35,35 +35,13 @@ from seti_fastai.data.cadence import (
     KaggleData,
     load_cadence,
 )
+from seti_fastai.data.drift_grid import DedopplerConfig, path_terms
 from seti_fastai.data.folds import folds_name, read_folds
 from seti_fastai.data.tables import read_scores
 from seti_fastai.errors import ConfigError, LabelFileError
-from seti_fastai.evaluate.drift_grid import DedopplerConfig
 from seti_fastai.io import derived_path
 
 MAD_TO_STD = 1.4826  # the MAD of a normal distribution times this is its standard deviation
-
-
-def path_terms(cfg: DedopplerConfig, drift: float, n_times: int = N_TIMES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, shifts, weights), each (6, K): a panel's path sum is sum_k weight * cumsum[row, f + shift], for panels
-    of `n_times` rows.
-
-    Rows that share one rounded channel shift form a block, whose sum is the difference of two cumulative sums.
-    """
-    t_mid = ((N_PANELS - 1) * (n_times + cfg.gap_rows) + n_times - 1) / 2
-    r = np.arange(n_times)
-    panels = []
-    for p in range(N_PANELS):
-        shift = np.floor(drift * (p * (n_times + cfg.gap_rows) + r - t_mid) + 0.5).astype(np.int64)
-        starts = np.flatnonzero(np.diff(shift, prepend=shift[0] - 1))
-        ends = np.append(starts[1:], n_times)
-        panels.append((np.concatenate([ends, starts]), np.tile(shift[starts], 2), np.repeat([1.0, -1.0], len(starts))))
-    k = max(len(rows) for rows, _, _ in panels)
-    out = np.zeros((3, N_PANELS, k))
-    for p, terms in enumerate(panels):
-        for i, values in enumerate(terms):
-            out[i, p, : len(values)] = values
-    return out[0].astype(np.int64), out[1].astype(np.int64), out[2].astype(np.float32)
 
 
 @functools.lru_cache(maxsize=8)

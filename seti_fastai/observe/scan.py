@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from seti_fastai.data.cadence import N_PANELS
+from seti_fastai.data.drift_grid import DedopplerConfig
 from seti_fastai.errors import ConfigError
 from seti_fastai.evaluate.dedoppler import best_paths, max_shift, preprocess
-from seti_fastai.evaluate.drift_grid import DedopplerConfig
 from seti_fastai.observe.files import ObservationCadence
 from seti_fastai.observe.scan_config import ScanConfig, ranking_key
 

@@ -1,5 +1,6 @@
 """The de-Doppler search's settings (`DedopplerConfig`): the drift grid and how panels are combined. Numpy only, so
-the command line reads its defaults from here without importing torch."""
+the command line reads its defaults from here without importing torch; `path_terms`, the blocks of rows a drifting
+path crosses, which the torch search (`evaluate.dedoppler`) and the de-Doppler input layout both sum."""
 
 from __future__ import annotations
 
@@ -70,3 +71,25 @@ class DedopplerConfig:
         """About how many nonzeros the drift map holds: two per block of rows that share a shift, per channel."""
         blocks = np.minimum(N_TIMES, np.abs(self.drifts()) * N_TIMES + 1)
         return int(2 * N_PANELS * N_CHANNELS * blocks.sum())
+
+
+def path_terms(cfg: DedopplerConfig, drift: float, n_times: int = N_TIMES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, shifts, weights), each (6, K): a panel's path sum is sum_k weight * cumsum[row, f + shift], for panels
+    of `n_times` rows.
+
+    Rows that share one rounded channel shift form a block, whose sum is the difference of two cumulative sums.
+    """
+    t_mid = ((N_PANELS - 1) * (n_times + cfg.gap_rows) + n_times - 1) / 2
+    r = np.arange(n_times)
+    panels = []
+    for p in range(N_PANELS):
+        shift = np.floor(drift * (p * (n_times + cfg.gap_rows) + r - t_mid) + 0.5).astype(np.int64)
+        starts = np.flatnonzero(np.diff(shift, prepend=shift[0] - 1))
+        ends = np.append(starts[1:], n_times)
+        panels.append((np.concatenate([ends, starts]), np.tile(shift[starts], 2), np.repeat([1.0, -1.0], len(starts))))
+    k = max(len(rows) for rows, _, _ in panels)
+    out = np.zeros((3, N_PANELS, k))
+    for p, terms in enumerate(panels):
+        for i, values in enumerate(terms):
+            out[i, p, : len(values)] = values
+    return out[0].astype(np.int64), out[1].astype(np.int64), out[2].astype(np.float32)
