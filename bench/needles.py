@@ -42,6 +42,10 @@ ROWS: dict[str, tuple[str, dict]] = {  # run name -> (table label, config fields
     "inject": ("+ injected needles (`--inject 0.3`)", dict(inject=0.3)),
     "antialias": ("+ antialiased resize (`--resize-mode antialias`)", dict(resize_mode="antialias")),
     "area": ("+ area resize (`--resize-mode area`)", dict(resize_mode="area")),
+    "ddmap": (
+        "+ subtraction and the de-Doppler map input (`--background subtract --layout dedoppler`)",
+        dict(background="subtract", layout="dedoppler"),
+    ),
 }
 
 

@@ -179,6 +179,8 @@ class TrainConfig:
             raise ConfigError(f"max_partners must be at least 1; got {self.max_partners}")
         if not 0.0 <= self.inject <= 1.0:
             raise ConfigError(f"inject must be in [0, 1]; got {self.inject}")
+        if self.inject > 0 and not LAYOUTS[self.layout].linear:
+            raise ConfigError(f"--inject adds a needle's image to the cadence's: layout {self.layout!r} is not linear")
         if len(self.inject_brightness) != 2:
             raise ConfigError(f"inject_brightness must be two numbers, low,high; got {self.inject_brightness}")
         self.needle_spec()  # raises on bad shapes, brightness or drift

@@ -25,6 +25,7 @@ from seti_fastai.learn.transforms import CadenceLoader
         ("on", "channels", (0, 2, 4), False),
         ("all", "channels", (0, 1, 2, 3, 4, 5), False),
         ("on", "diff", (0, 1, 2, 3, 4, 5), False),
+        ("on", "dedoppler", (0, 1, 2, 3, 4, 5), True),
     ],
 )
 def test_recipe_knows_its_panels_and_whether_it_mixes_on_and_off(panels, layout, source, mixes):
@@ -44,7 +45,7 @@ def test_recipe_is_resolved_from_the_config_and_refuses_unknown_values():
         overrides=dict(panels="all", layout="channels", standardize=True, resize_mode="area", background="none")
     )
     assert ImageRecipe.from_config(cfg) == ImageRecipe("all", "channels", True, "none", "area")
-    with pytest.raises(ConfigError, match="layout must be one of stack, channels, diff; got 'rows'"):
+    with pytest.raises(ConfigError, match="layout must be one of stack, channels, diff, dedoppler; got 'rows'"):
         build_config(overrides=dict(layout="rows"))
     with pytest.raises(ConfigError, match="background must be one of none, subtract"):
         ImageRecipe(background="remove")

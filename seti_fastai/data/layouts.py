@@ -25,6 +25,7 @@ from seti_fastai.data.cadence import (
     channel_medians,
     standardize_panels,
 )
+from seti_fastai.data.drift_map import drift_map
 from seti_fastai.errors import ConfigError
 
 PANELS = {"on": ON_PANELS, "all": tuple(range(N_PANELS))}  # --panels: which panels a layout stacks
@@ -41,6 +42,7 @@ class Layout:
     name: ClassVar[str]
     help: ClassVar[str]
     diverging: ClassVar[bool] = False  # drawn on a scale centred on 0 (a difference of panels)
+    linear: ClassVar[bool] = True  # the image of cadence + needle is image + needle's image (injection relies on it)
 
     def source_panels(self, panels: tuple[int, ...]) -> tuple[int, ...]:
         """The cadence panels the image is built from, for the run's `panels`."""
@@ -146,6 +148,43 @@ class Diff(Layout):
 
     def columns(self, image: np.ndarray, panels: tuple[int, ...], rows: int = N_TIMES) -> Columns:
         return [("ON - OFF", self.panel_rows(image, rows))]
+
+
+def fit_rows(dmap: np.ndarray, height: int) -> np.ndarray:
+    """(D, F) -> (height, F): each drift row repeated to fill the height, or, where there are more drifts than rows
+    (16-row panels), each row the largest of the neighbouring drifts it holds (no peak is lost)."""
+    n = len(dmap)
+    if n <= height:
+        return dmap[np.arange(height) * n // height]
+    starts = np.flatnonzero(np.diff(np.arange(n) * height // n, prepend=-1))
+    return np.maximum.reduceat(dmap, starts, axis=0)
+
+
+@register
+class Dedoppler(Layout):
+    name = "dedoppler"
+    help = (
+        "channel 0 the ON panels stacked; channel 1 the de-Doppler map of ON minus OFF (drift x channel, each "
+        "channel noise-whitened, drift rows fitted to the stack's height), the reference's search kept whole "
+        "(reads all six panels, ignores --panels; no injection)"
+    )
+    linear = False
+
+    def source_panels(self, panels: tuple[int, ...]) -> tuple[int, ...]:
+        return PANELS["all"]
+
+    def shape(self, panels: tuple[int, ...], rows: int = N_TIMES) -> tuple[int, int, int]:
+        return (2, len(ON_PANELS) * rows, N_CHANNELS)
+
+    def mixes_on_and_off(self, panels: tuple[int, ...]) -> bool:
+        return True  # a time shift of the image would move the map's drift rows, not a drift
+
+    def build(self, cadence: np.ndarray) -> np.ndarray:
+        on = cadence[list(ON_PANELS)].reshape(-1, cadence.shape[-1])
+        return np.ascontiguousarray(np.stack([on, fit_rows(drift_map(cadence), len(on))]), dtype=np.float32)
+
+    def columns(self, image: np.ndarray, panels: tuple[int, ...], rows: int = N_TIMES) -> Columns:
+        return [("ON", self.panel_rows(image, rows)), ("de-Doppler (drift x channel)", [image[1]])]
 
 
 def _choose(name: str, value: str, options) -> None:

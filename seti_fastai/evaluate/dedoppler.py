@@ -35,7 +35,8 @@ from seti_fastai.data.cadence import (
     KaggleData,
     load_cadence,
 )
-from seti_fastai.data.drift_grid import DedopplerConfig, path_terms
+from seti_fastai.data.drift_grid import DedopplerConfig
+from seti_fastai.data.drift_map import path_sum_matrix
 from seti_fastai.data.folds import folds_name, read_folds
 from seti_fastai.data.tables import read_scores
 from seti_fastai.errors import ConfigError, LabelFileError
@@ -48,24 +49,13 @@ MAD_TO_STD = 1.4826  # the MAD of a normal distribution times this is its standa
 def drift_matrix(
     cfg: DedopplerConfig, device: str = "cpu", n_times: int = N_TIMES, n_chan: int = N_CHANNELS
 ) -> torch.Tensor:
-    """The sparse (D * 6 * F, 6 * (T + 1) * F) map from cumulative row sums to every panel's path sums, for panels
-    of T = `n_times` rows and F = `n_chan` channels."""
-    f = np.arange(n_chan)
-    panel = np.arange(N_PANELS)[:, None, None]
-    out_rows, in_cols, values = [], [], []
-    for i, drift in enumerate(cfg.drifts()):
-        rows, shifts, weights = path_terms(cfg, float(drift), n_times)
-        channel = shifts[..., None] + f  # (6, K, F)
-        keep = (channel >= 0) & (channel < n_chan) & (weights[..., None] != 0)  # zeros outside the band
-        out_rows.append(np.broadcast_to((i * N_PANELS + panel) * n_chan + f, keep.shape)[keep])
-        in_cols.append((((panel * (n_times + 1) + rows[..., None]) * n_chan) + channel)[keep])
-        values.append(np.broadcast_to(weights[..., None], keep.shape)[keep])
-    shape = (len(cfg.drifts()) * N_PANELS * n_chan, N_PANELS * (n_times + 1) * n_chan)
-    index = torch.from_numpy(np.stack([np.concatenate(out_rows), np.concatenate(in_cols)]))
-    coo = torch.sparse_coo_tensor(index, torch.from_numpy(np.concatenate(values)), shape, check_invariants=False)
+    """`data.drift_map.path_sum_matrix` (cumulative row sums to every panel's path sums, for panels of T =
+    `n_times` rows and F = `n_chan` channels) as a torch sparse CSR tensor on `device`."""
+    m = path_sum_matrix(cfg, n_times, n_chan)
+    parts = (m.indptr.astype(np.int64), m.indices.astype(np.int64), m.data.astype(np.float32))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-        return coo.coalesce().to_sparse_csr().to(device)
+        return torch.sparse_csr_tensor(*map(torch.from_numpy, parts), m.shape).to(device)
 
 
 def preprocess(x: torch.Tensor, row_median: bool = False) -> torch.Tensor:
