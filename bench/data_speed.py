@@ -84,6 +84,7 @@ def main() -> None:
     p.add_argument("--bs", type=int, default=32)
     p.add_argument("--batches", type=int, default=8)
     p.add_argument("--size", type=int, default=512, help="model input (the pipeline itself works at full resolution)")
+    p.add_argument("--layout", default="stack", help="input layout (--layout; dedoppler builds its map per item)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(args.data) if args.data else Path(tmp) / "data"
@@ -95,7 +96,14 @@ def main() -> None:
         print(f"pack train: {n} cadences in {time.perf_counter() - start:.1f} s -> {index.parent}")
         base = build_config(
             overrides=dict(
-                data=str(data), out=str(work), size=[args.size], bs=args.bs, workers=0, epochs=1, background="none"
+                data=str(data),
+                out=str(work),
+                size=[args.size],
+                bs=args.bs,
+                workers=0,
+                epochs=1,
+                background="none",
+                layout=args.layout,
             )
         )
         kaggle = KaggleData(data)

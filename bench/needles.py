@@ -24,13 +24,16 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pandas as pd
 
-from seti_fastai.config import build_config
-from seti_fastai.data.cadence import KaggleData
+from seti_fastai.config import TrainConfig, build_config
+from seti_fastai.data.background import subtract_background
+from seti_fastai.data.cadence import KaggleData, load_cadence
+from seti_fastai.data.drift_map import drift_map
 from seti_fastai.evaluate.blend import blend, tune_weight
 from seti_fastai.evaluate.dedoppler import DedopplerConfig, score_files
 from seti_fastai.evaluate.metrics import evaluate
 from seti_fastai.evaluate.predict import predict, write_submission
 from seti_fastai.io import atomic_write_csv, atomic_write_json, atomic_write_text
+from seti_fastai.learn.datablock import load_partners
 from seti_fastai.learn.train import train_fold
 
 # every row is over the former default recipe, without background subtraction (today's default is `auto`: subtract)
@@ -70,6 +73,28 @@ def dedoppler_row(data: Path, hidden: Path, runs: Path) -> dict:
         seconds = time.perf_counter() - start
         atomic_write_csv(pd.DataFrame({"id": ids, "target": scores}), out)
         atomic_write_json(out.with_suffix(".json"), dict(seconds=seconds))
+    seconds = json.loads(out.with_suffix(".json").read_text())["seconds"]
+    return dict(valid=float("nan"), seconds=seconds, **test_auc(out, hidden))
+
+
+def subtracted_reference_row(data: Path, hidden: Path, runs: Path) -> dict:
+    """The reference's search on background-subtracted cadences: the maximum of `--layout dedoppler`'s map
+    (each channel whitened, so the channels a partner empties do not drown the rest), no training."""
+    out = runs / "dedoppler" / "test_subtracted.csv"
+    if not out.is_file():
+        kaggle = KaggleData(data)
+        ids = kaggle.read_labels("test")["id"].tolist()
+        partners = load_partners(data, None, runs, TrainConfig().max_partners)
+        start = time.perf_counter()
+        scores = []
+        for cadence_id, path in zip(ids, kaggle.paths("test", ids), strict=True):
+            found = partners.get(cadence_id, [])
+            cadence = load_cadence(path)
+            if found:
+                cadence = subtract_background(cadence, [(load_cadence(q), shift) for q, shift in found])
+            scores.append(float(drift_map(cadence).max()))
+        atomic_write_csv(pd.DataFrame({"id": ids, "target": scores}), out)
+        atomic_write_json(out.with_suffix(".json"), dict(seconds=time.perf_counter() - start))
     seconds = json.loads(out.with_suffix(".json").read_text())["seconds"]
     return dict(valid=float("nan"), seconds=seconds, **test_auc(out, hidden))
 
@@ -137,6 +162,9 @@ def main() -> None:
     p.add_argument(
         "--stack", nargs="*", default=[], help="rows (run names) also stacked with the reference (`seti-fastai blend`)"
     )
+    p.add_argument(
+        "--subtracted-reference", action="store_true", help="add the reference on background-subtracted cadences"
+    )
     p.add_argument("--arch", default="resnet18")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--epochs", type=int, default=3)
@@ -152,6 +180,9 @@ def main() -> None:
         name = "combo-" + "-".join(f"{k}={v}" for k, v in sorted(fields.items())).replace("_", "")
         rows[name] = (f"combined: `{combo}`", {k: _number(v) for k, v in fields.items()})
     results = [("de-Doppler reference (no training)", None, dedoppler_row(args.data, args.hidden, args.runs))]
+    if args.subtracted_reference:
+        label = "de-Doppler reference on subtracted cadences (no training)"
+        results.append((label, None, subtracted_reference_row(args.data, args.hidden, args.runs)))
     print(table(results), flush=True)
     for seed in args.seeds:
         for name, (label, extra) in rows.items():
