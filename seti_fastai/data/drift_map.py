@@ -24,7 +24,7 @@ import math
 import numpy as np
 import scipy.sparse as sp
 
-from seti_fastai.data.cadence import N_PANELS, OFF_PANELS, ON_PANELS
+from seti_fastai.data.cadence import N_PANELS, OFF_PANELS, ON_PANELS, channel_medians
 from seti_fastai.data.drift_grid import DedopplerConfig, path_terms
 
 MAD_TO_STD = 1.4826  # the MAD of a normal distribution times this is its standard deviation
@@ -53,8 +53,8 @@ def path_sum_matrix(cfg: DedopplerConfig, n_times: int, n_chan: int) -> sp.csr_m
 
 def whiten(cadence: np.ndarray) -> np.ndarray:
     """(6, T, F) -> float32: each channel's median over time removed, each channel scaled to unit noise (floored)."""
-    x = cadence.astype(np.float32) - np.median(cadence, axis=1, keepdims=True)
-    noise = np.median(np.abs(x), axis=1, keepdims=True) * MAD_TO_STD  # (6, 1, F)
+    x = cadence.astype(np.float32) - channel_medians(cadence)
+    noise = channel_medians(np.abs(x)) * MAD_TO_STD  # (6, 1, F)
     return x / np.maximum(noise, NOISE_FLOOR)
 
 

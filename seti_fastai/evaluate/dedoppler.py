@@ -36,13 +36,11 @@ from seti_fastai.data.cadence import (
     load_cadence,
 )
 from seti_fastai.data.drift_grid import DedopplerConfig
-from seti_fastai.data.drift_map import path_sum_matrix
+from seti_fastai.data.drift_map import MAD_TO_STD, path_sum_matrix
 from seti_fastai.data.folds import folds_name, read_folds
 from seti_fastai.data.tables import read_scores
 from seti_fastai.errors import ConfigError, LabelFileError
 from seti_fastai.io import derived_path
-
-MAD_TO_STD = 1.4826  # the MAD of a normal distribution times this is its standard deviation
 
 
 @functools.lru_cache(maxsize=8)
