@@ -25,9 +25,9 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import pandas as pd
 
 from seti_fastai.config import TrainConfig, build_config
-from seti_fastai.data.background import subtract_background
-from seti_fastai.data.cadence import KaggleData, load_cadence
+from seti_fastai.data.cadence import KaggleData
 from seti_fastai.data.drift_map import drift_map
+from seti_fastai.data.layouts import ImageRecipe
 from seti_fastai.evaluate.blend import blend, tune_weight
 from seti_fastai.evaluate.dedoppler import DedopplerConfig, score_files
 from seti_fastai.evaluate.metrics import evaluate
@@ -35,6 +35,7 @@ from seti_fastai.evaluate.predict import predict, write_submission
 from seti_fastai.io import atomic_write_csv, atomic_write_json, atomic_write_text
 from seti_fastai.learn.datablock import load_partners
 from seti_fastai.learn.train import train_fold
+from seti_fastai.learn.transforms import CadenceLoader
 
 # every row is over the former default recipe, without background subtraction (today's default is `auto`: subtract)
 BASE = dict(background="none")
@@ -85,14 +86,9 @@ def subtracted_reference_row(data: Path, hidden: Path, runs: Path) -> dict:
         kaggle = KaggleData(data)
         ids = kaggle.read_labels("test")["id"].tolist()
         partners = load_partners(data, None, runs, TrainConfig().max_partners)
+        six_panels = CadenceLoader(ImageRecipe("all", "channels", background="subtract"), partners)  # as training
         start = time.perf_counter()
-        scores = []
-        for cadence_id, path in zip(ids, kaggle.paths("test", ids), strict=True):
-            found = partners.get(cadence_id, [])
-            cadence = load_cadence(path)
-            if found:
-                cadence = subtract_background(cadence, [(load_cadence(q), shift) for q, shift in found])
-            scores.append(float(drift_map(cadence).max()))
+        scores = [float(drift_map(six_panels(path).numpy()).max()) for path in kaggle.paths("test", ids)]
         atomic_write_csv(pd.DataFrame({"id": ids, "target": scores}), out)
         atomic_write_json(out.with_suffix(".json"), dict(seconds=time.perf_counter() - start))
     seconds = json.loads(out.with_suffix(".json").read_text())["seconds"]
