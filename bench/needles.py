@@ -118,12 +118,12 @@ def stacked_row(name: str, seed: int, args: argparse.Namespace) -> dict:
 def model_row(name: str, extra: dict, seed: int, args: argparse.Namespace) -> dict:
     run_dir = args.runs / f"{name}-s{seed}" / "fold0"
     test_csv = run_dir / "test.csv"
-    if not (run_dir / "metrics.json").is_file():
+    if not (run_dir / "metrics.json").is_file():  # an interrupted row goes on from its last finished epoch
         cfg = build_config(
             overrides=dict(
                 data=str(args.data), out=str(args.runs), name=f"{name}-s{seed}", fold=0, arch=args.arch,
                 size=[args.size], epochs=args.epochs, bs=args.bs, lr=args.lr, workers=args.workers, seed=seed,
-                pretrained=False, **{**BASE, **extra},
+                pretrained=False, resume=(run_dir / "last.pth").is_file(), **{**BASE, **extra},
             )
         )  # fmt: skip
         train_fold(cfg, quiet=True)

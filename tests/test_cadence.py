@@ -312,3 +312,9 @@ def test_label_csv_quirks_that_would_misread_are_refused(tmp_path, raw, message)
     with pytest.raises(LabelFileError) as err:
         read_id_csv(path)
     assert str(err.value).startswith(f"{path}: ") and message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("rows", [273, 16, 1])
+def test_channel_medians_are_numpys_medians_for_odd_and_even_rows(rows):
+    cadence = np.random.default_rng(rows).normal(size=(6, rows, 256)).astype(np.float32)
+    np.testing.assert_array_equal(channel_medians(cadence), np.median(cadence, axis=1, keepdims=True))

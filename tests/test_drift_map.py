@@ -11,7 +11,7 @@ import torch
 from seti_fastai.config import build_config
 from seti_fastai.data.cadence import N_CHANNELS, N_PANELS, N_TIMES, ON_PANELS
 from seti_fastai.data.drift_grid import DedopplerConfig
-from seti_fastai.data.drift_map import drift_map, path_sum_matrix
+from seti_fastai.data.drift_map import MAD_TO_STD, NOISE_FLOOR, drift_map, path_sum_matrix, whiten_by_channel
 from seti_fastai.data.layouts import ImageRecipe
 from seti_fastai.errors import ConfigError
 from seti_fastai.evaluate.dedoppler import dedoppler, drift_matrix
@@ -92,3 +92,16 @@ def test_the_layout_stacks_the_on_panels_beside_the_map():
         build_config(overrides=dict(layout="dedoppler", inject=0.2))
     with pytest.raises(ValueError, match="six panels"):
         drift_map(cadence[:3])
+
+
+def test_whitening_removes_each_channels_median_and_scales_its_noise_with_a_floor():
+    rng = np.random.default_rng(3)
+    scale = np.full(N_CHANNELS, 2.0, np.float32)
+    scale[7] = 1e-3  # a channel a partner has all but emptied
+    cadence = (rng.normal(size=(N_PANELS, 64, N_CHANNELS)) * scale + 5.0).astype(np.float32)
+    x = whiten_by_channel(cadence).transpose(0, 2, 1)  # back to (6, T, F)
+    centred = cadence - np.median(cadence, axis=1, keepdims=True)
+    noise = np.median(np.abs(centred), axis=1, keepdims=True) * MAD_TO_STD
+    np.testing.assert_allclose(x, centred / np.maximum(noise, NOISE_FLOOR), rtol=1e-5, atol=1e-6)
+    assert abs(np.median(np.abs(x[:, :, 100])) * MAD_TO_STD - 1.0) < 1e-4  # full noise: unit scale
+    assert np.abs(x[:, :, 7]).max() < 0.1  # the emptied channel is scaled by the floor, not blown up

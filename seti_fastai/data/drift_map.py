@@ -24,7 +24,7 @@ import math
 import numpy as np
 import scipy.sparse as sp
 
-from seti_fastai.data.cadence import N_PANELS, OFF_PANELS, ON_PANELS, channel_medians
+from seti_fastai.data.cadence import N_PANELS, OFF_PANELS, ON_PANELS, time_medians
 from seti_fastai.data.drift_grid import DedopplerConfig, path_terms
 
 MAD_TO_STD = 1.4826  # the MAD of a normal distribution times this is its standard deviation
@@ -51,20 +51,24 @@ def path_sum_matrix(cfg: DedopplerConfig, n_times: int, n_chan: int) -> sp.csr_m
     return matrix
 
 
-def whiten(cadence: np.ndarray) -> np.ndarray:
-    """(6, T, F) -> float32: each channel's median over time removed, each channel scaled to unit noise (floored)."""
-    x = cadence.astype(np.float32) - channel_medians(cadence)
-    noise = channel_medians(np.abs(x)) * MAD_TO_STD  # (6, 1, F)
-    return x / np.maximum(noise, NOISE_FLOOR)
+def whiten_by_channel(cadence: np.ndarray) -> np.ndarray:
+    """(6, T, F) -> float32 (6, F, T), C-contiguous: each channel's median over time removed, each channel scaled
+    to unit noise (floored). Channel by channel in one transposed copy: the medians and the running sums over time
+    then read contiguous memory."""
+    x = np.ascontiguousarray(cadence.transpose(0, 2, 1), dtype=np.float32)
+    x -= time_medians(x)[..., None]
+    noise = time_medians(np.abs(x)) * MAD_TO_STD  # (6, F)
+    x /= np.maximum(noise, NOISE_FLOOR)[..., None]
+    return x
 
 
 def _max_pool(x: np.ndarray, half: int) -> np.ndarray:
-    """Max over +-`half` channels (last axis), the band's edges padded with -inf."""
-    if half == 0:
-        return x
-    pad = [(0, 0)] * (x.ndim - 1) + [(half, half)]
-    padded = np.pad(x, pad, constant_values=-np.inf)
-    return np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1, axis=-1).max(-1)
+    """Max over +-`half` channels (last axis), the band's edges left out (as padding them with -inf would)."""
+    out = x.copy()
+    for shift in range(1, half + 1):
+        np.maximum(out[..., shift:], x[..., :-shift], out=out[..., shift:])
+        np.maximum(out[..., :-shift], x[..., shift:], out=out[..., :-shift])
+    return out
 
 
 def drift_map(cadence: np.ndarray, cfg: DedopplerConfig | None = None) -> np.ndarray:
@@ -74,8 +78,9 @@ def drift_map(cadence: np.ndarray, cfg: DedopplerConfig | None = None) -> np.nda
     if n_panels != N_PANELS:
         raise ValueError(f"the de-Doppler map needs the six panels of a cadence; got {n_panels}")
     cfg = cfg if cfg is not None else DedopplerConfig().for_rows(n_times)
-    x = whiten(cadence)
-    cum = np.concatenate([np.zeros((N_PANELS, 1, n_chan), np.float32), x.cumsum(axis=1)], axis=1)
+    by_channel = np.zeros((N_PANELS, n_chan, n_times + 1), np.float32)  # time 0: the empty sum
+    np.cumsum(whiten_by_channel(cadence), axis=-1, out=by_channel[..., 1:])
+    cum = np.ascontiguousarray(by_channel.transpose(0, 2, 1))  # (6, T + 1, F), the matrix's order
     sums = (path_sum_matrix(cfg, n_times, n_chan) @ cum.reshape(-1)).reshape(-1, N_PANELS, n_chan)
     sums = _max_pool(sums, cfg.pool)
     contrast = sums[:, list(ON_PANELS)].sum(1) - sums[:, list(OFF_PANELS)].sum(1)
