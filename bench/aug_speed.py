@@ -31,7 +31,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--max-seconds", type=float, default=60)
     args = p.parse_args()
-    cfg = TrainConfig(background="none")  # the image path alone
+    cfg = TrainConfig(background="none", layout="stack")  # the image path alone, on 1 x 819 x 256 images
     image = ImageRecipe.from_config(cfg)
     aug = AugRecipe.from_config(cfg, image)
     c, h, w = image.shape

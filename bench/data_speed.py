@@ -26,7 +26,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import cv2
 import torch
 
-from seti_fastai.config import build_config
+from seti_fastai.config import TrainConfig, build_config
 from seti_fastai.data.cadence import KaggleData
 from seti_fastai.data.layouts import ImageRecipe
 from seti_fastai.data.pack import pack_split, packed_sources, read_cadence
@@ -84,7 +84,7 @@ def main() -> None:
     p.add_argument("--bs", type=int, default=32)
     p.add_argument("--batches", type=int, default=8)
     p.add_argument("--size", type=int, default=512, help="model input (the pipeline itself works at full resolution)")
-    p.add_argument("--layout", default="stack", help="input layout (--layout; dedoppler builds its map per item)")
+    p.add_argument("--layout", default=TrainConfig.layout, help="input layout (--layout; default the training default)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(args.data) if args.data else Path(tmp) / "data"

@@ -34,7 +34,9 @@ def fresh_run(run_dir: Path, data: Path, arch: str, size: int, out: Path | None 
     """An untrained run directory: speed does not depend on the weights."""
     import torch
 
-    overrides = dict(data=str(data), arch=arch, size=[size], resizer=False, pretrained=False, background="none")
+    overrides = dict(
+        data=str(data), arch=arch, size=[size], resizer=False, pretrained=False, background="none", layout="stack"
+    )
     cfg = build_config(overrides=overrides if out is None else {**overrides, "out": str(out)})
     run_dir.mkdir(parents=True)
     save_config(cfg, run_dir / "config.yaml")

@@ -37,8 +37,9 @@ from seti_fastai.learn.datablock import load_partners
 from seti_fastai.learn.train import train_fold
 from seti_fastai.learn.transforms import CadenceLoader
 
-# every row is over the former default recipe, without background subtraction (today's default is `auto`: subtract)
-BASE = dict(background="none")
+# every row is over the former default recipe: the ON panels stacked, no background subtraction (today's defaults
+# are `--layout dedoppler --background auto`)
+BASE = dict(background="none", layout="stack")
 ROWS: dict[str, tuple[str, dict]] = {  # run name -> (table label, config fields over BASE and the defaults)
     "default": ("former default recipe (`--background none`)", {}),
     "subtract": ("+ background subtraction (`--background subtract`)", dict(background="subtract")),
@@ -50,7 +51,11 @@ ROWS: dict[str, tuple[str, dict]] = {  # run name -> (table label, config fields
         "+ subtraction and the de-Doppler map input (`--background subtract --layout dedoppler`)",
         dict(background="subtract", layout="dedoppler"),
     ),
-}
+    "ddmap-raw": ("+ the de-Doppler map input, no subtraction (`--background none --layout dedoppler`)",
+                  dict(layout="dedoppler")),
+    "subdiff": ("+ subtraction and ON-minus-OFF (`--background subtract --layout diff`)",
+                dict(background="subtract", layout="diff")),
+}  # fmt: skip
 
 
 def _number(value: str) -> str | float:

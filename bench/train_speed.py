@@ -139,7 +139,7 @@ def main() -> None:
                 data=str(data), out=str(Path(tmp) / "runs"), arch=args.arch, size=[args.size], bs=args.bs,
                 workers=args.workers, resizer=args.resizer, epochs=1, aug_device=args.aug_device,
                 pretrained=False,  # speed does not depend on the weights; no network
-                background="none",  # the plain reference reads raw cadences too
+                background="none", layout="stack",  # the plain reference's image: raw ON panels stacked
             )
         )  # fmt: skip
         items = training_items(cfg)

@@ -50,7 +50,7 @@ class TrainConfig:
     n_folds: int = opt(4, "number of stratified folds")
     fold_seed: int = opt(42, "seed of the fold split (the fold CSV is reused once written)")
     panels: str = opt("on", "on: panels 0, 2, 4; all: the six panels")
-    layout: str = opt("stack", "; ".join(f"{name}: {layout.help}" for name, layout in LAYOUTS.items()))
+    layout: str = opt("dedoppler", "; ".join(f"{name}: {layout.help}" for name, layout in LAYOUTS.items()))
     background: str = opt(
         "auto",
         "subtract: remove the background shared with overlapping cadences (needs matches.csv); auto: subtract, "
@@ -180,7 +180,11 @@ class TrainConfig:
         if not 0.0 <= self.inject <= 1.0:
             raise ConfigError(f"inject must be in [0, 1]; got {self.inject}")
         if self.inject > 0 and not LAYOUTS[self.layout].linear:
-            raise ConfigError(f"--inject adds a needle's image to the cadence's: layout {self.layout!r} is not linear")
+            linear = " or ".join(name for name, layout in LAYOUTS.items() if layout.linear)
+            raise ConfigError(
+                f"--inject adds a needle's image to the cadence's: layout {self.layout!r} is not linear "
+                f"(use --layout {linear})"
+            )
         if len(self.inject_brightness) != 2:
             raise ConfigError(f"inject_brightness must be two numbers, low,high; got {self.inject_brightness}")
         self.needle_spec()  # raises on bad shapes, brightness or drift

@@ -80,7 +80,7 @@ def test_augmentation_off_switches_every_switchable_transform_and_mixup(synth_da
 
     from seti_fastai.learn.train import build_learner
 
-    cfg = build_config(overrides=tiny_overrides(synth_data[0], tmp_path, aug_device="gpu", inject=0.2))
+    cfg = build_config(overrides=tiny_overrides(synth_data[0], tmp_path, aug_device="gpu", inject=0.2, layout="stack"))
     learn = build_learner(cfg, quiet=True)
     off = AugmentationOff(last=1)
     off.learn = learn

@@ -151,7 +151,7 @@ def test_spec_augment_bands_match(alpha):
 
 
 def test_gpu_path_moves_augmentations_to_batches_and_spares_validation(synth_data, tmp_path):
-    common = tiny_overrides(synth_data[0], tmp_path, inject=0.3)
+    common = tiny_overrides(synth_data[0], tmp_path, inject=0.3, layout="stack")  # injection needs a linear layout
     gpu = get_dls(build_config(overrides={**common, "aug_device": "gpu"}))
     cpu = get_dls(build_config(overrides=common))
     assert not any(isinstance(t, AlbumentationsTransform) for t in gpu.train.after_item.fs)

@@ -11,7 +11,6 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from seti_fastai.data.cadence import KaggleData, load_cadence
-from seti_fastai.data.layouts import ImageRecipe
 from seti_fastai.errors import ConfigError, RunDirError
 from seti_fastai.evaluate.calibrate import calibrate_runs
 from seti_fastai.evaluate.calibration import (
@@ -24,7 +23,7 @@ from seti_fastai.evaluate.calibration import (
     resolve_calibration,
 )
 from seti_fastai.evaluate.metrics import expected_calibration_error, log_loss
-from seti_fastai.evaluate.predict import load_run, predict
+from seti_fastai.evaluate.predict import load_run, predict, read_run
 from seti_fastai.model.heads import log_odds, sigmoid_np
 
 
@@ -119,7 +118,10 @@ def test_predict_applies_each_runs_own_calibration(synth_data, run_copies):
     kaggle = KaggleData(root)
     ids = kaggle.read_labels("test")["id"].tolist()
     x = torch.stack(
-        [torch.from_numpy(ImageRecipe().to_image(load_cadence(kaggle.cadence_path("test", i)))) for i in ids]
+        [
+            torch.from_numpy(read_run(run_copies[0]).image.to_image(load_cadence(kaggle.cadence_path("test", i))))
+            for i in ids
+        ]
     )
     per_run = []
     for run in run_copies:
@@ -247,7 +249,8 @@ def test_predict_with_a_stacked_calibration_adds_the_reference_of_the_same_caden
     kaggle = KaggleData(root)
     paths = kaggle.paths("test", kaggle.read_labels("test")["id"].tolist())
     feature = reference_feature(score_files(paths)["score"].to_numpy())  # the reference, read separately
-    x = torch.stack([torch.from_numpy(ImageRecipe().to_image(load_cadence(p))) for p in paths])
+    image = read_run(run_copies[0]).image  # the runs' own image recipe
+    x = torch.stack([torch.from_numpy(image.to_image(load_cadence(p))) for p in paths])
     per_run = []
     for run in run_copies:
         _, model = load_run(run)

@@ -8,11 +8,10 @@ import pytest
 import torch
 
 from seti_fastai.data.cadence import KaggleData, load_cadence
-from seti_fastai.data.layouts import ImageRecipe
 from seti_fastai.errors import ConfigError, LabelFileError, RunDirError
 from seti_fastai.evaluate.calibration import calibrate, fit_temperature
 from seti_fastai.evaluate.metrics import bootstrap_auc, evaluate, expected_calibration_error, log_loss
-from seti_fastai.evaluate.predict import load_run, predict, write_submission
+from seti_fastai.evaluate.predict import load_run, predict, read_run, write_submission
 from seti_fastai.model.checkpoint import load_weights
 from seti_fastai.model.heads import log_odds, sigmoid_np
 
@@ -44,7 +43,7 @@ def test_flip_tta_is_the_mean_of_explicitly_flipped_predictions(synth_data, trai
     kaggle = KaggleData(root)
     ids = kaggle.read_labels("test")["id"].tolist()
     x = torch.stack(
-        [torch.from_numpy(ImageRecipe().to_image(load_cadence(kaggle.cadence_path("test", i)))) for i in ids]
+        [torch.from_numpy(read_run(run).image.to_image(load_cadence(kaggle.cadence_path("test", i)))) for i in ids]
     )
     with torch.no_grad():
         views = [x, x.flip(-1)]  # the frequency flip training used; training never flips time
@@ -134,8 +133,10 @@ def test_mixed_layouts_are_refused(synth_data, trained_runs, tmp_path):
     from seti_fastai.config import build_config
     from seti_fastai.learn.train import train_fold
 
-    train_fold(build_config(overrides=tiny_overrides(synth_data[0], tmp_path, panels="all")), quiet=True)
-    with pytest.raises(ConfigError, match="image layout all/stack/False differs"):
+    train_fold(
+        build_config(overrides=tiny_overrides(synth_data[0], tmp_path, panels="all", layout="stack")), quiet=True
+    )
+    with pytest.raises(ConfigError, match=r"image layout all/stack/False differs from .* \(on/dedoppler/False\)"):
         predict([trained_runs[1][0], tmp_path / "exp" / "fold0"], synth_data[0])
 
 

@@ -15,6 +15,7 @@ from fastai.callback.fp16 import AMPMode, MixedPrecision
 
 import seti_fastai.learn.plan as plan_mod
 from seti_fastai.config import build_config
+from seti_fastai.data.layouts import ImageRecipe
 from seti_fastai.errors import ConfigError
 from seti_fastai.learn.plan import device_precision, run_state, uses_channels_last
 from seti_fastai.learn.train import build_learner, train_fold
@@ -141,7 +142,9 @@ def check_compiled_run(data, out) -> None:
     torch._dynamo.reset()
     state = load_weights(out / "exp" / "fold0" / "model.pth")
     assert not any("_orig_mod" in k for k in state) and 0.0 <= metrics["oof_auc"] <= 1.0
-    build_model(cfg, 1).load_state_dict(state)  # strict: inference loads it as any other run
+    build_model(cfg, ImageRecipe.from_config(cfg).in_chans).load_state_dict(
+        state
+    )  # strict: inference loads it as any other run
 
 
 def test_compile_traces_the_model_and_saves_plain_names(monkeypatch, synth_data, tmp_path):

@@ -77,8 +77,8 @@ def test_show_cadence_draws_columns_side_by_side_with_their_names():
 
 def test_batches_carry_the_show_types_and_train_as_before(learn):
     x, y = learn.dls.train.one_batch()
-    assert type(x) is TensorCadence and x.dtype == torch.float32 and x.shape == (8, 1, 819, 256)
-    assert (x.cadence_panels, x.cadence_layout) == ("on", "stack")
+    assert type(x) is TensorCadence and x.dtype == torch.float32 and x.shape == (8, 2, 819, 256)  # the default layout
+    assert (x.cadence_panels, x.cadence_layout) == ("on", "dedoppler")
     assert type(y) is TensorLabel and y.dtype == torch.float32 and y.shape == (8,)
     out = learn.model(torch.Tensor(x))
     per_item = SetiLoss(reduction="none")(out, y.as_subclass(torch.Tensor))
@@ -92,7 +92,8 @@ def test_show_batch_draws_each_cadence_titled_with_its_label(learn):
     dl.show_batch((x, y), max_n=4)
     fig = plt.gcf()
     assert _titles(fig) == [f"label {int(v)}" for v in y[:4]]
-    assert all([t.get_text() for t in ax.get_xticklabels()] == ["ON"] for ax in fig.axes)
+    columns = ["ON", "de-Doppler (drift x channel)"]  # the default layout's
+    assert all([t.get_text() for t in ax.get_xticklabels()] == columns for ax in fig.axes)
 
 
 @pytest.mark.parametrize(

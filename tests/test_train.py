@@ -26,6 +26,11 @@ from seti_fastai.model.heads import log_odds
 from seti_fastai.model.models import build_model
 
 
+def model_for(cfg):
+    """The untrained model of a config, with the input channels of its image recipe."""
+    return build_model(cfg, ImageRecipe.from_config(cfg).in_chans)
+
+
 def cfg_for(data, out, **extra):
     return build_config(overrides=tiny_overrides(data, out, **extra))
 
@@ -158,7 +163,7 @@ def test_lr_find_writes_its_files_on_a_short_curve(synth_data, tmp_path):
 def test_init_from_loads_the_weights(synth_data, trained_runs, tmp_path):
     fold0 = trained_runs[1][0]
     cfg = cfg_for(synth_data[0], tmp_path, name="target", init_from=str(fold0))
-    model = build_model(cfg, 1)
+    model = model_for(cfg)
     result = init_from(model, cfg)
     n_tensors = sum(isinstance(v, torch.Tensor) for v in model.state_dict().values())
     assert (result.source, result.loaded, result.total) == (str(fold0 / "model.pth"), n_tensors, n_tensors)
@@ -168,7 +173,7 @@ def test_init_from_loads_the_weights(synth_data, trained_runs, tmp_path):
             torch.testing.assert_close(value, source[key])
     other = cfg_for(synth_data[0], tmp_path, arch="resnet18", init_from=str(fold0))
     with pytest.raises(ConfigError, match="trained as test_efficientnet, this run is resnet18"):
-        init_from(build_model(other, 1), other)
+        init_from(model_for(other), other)
 
 
 def test_init_from_refuses_another_folds_fine_tune_run(synth_data, trained_runs, tmp_path):
@@ -176,10 +181,10 @@ def test_init_from_refuses_another_folds_fine_tune_run(synth_data, trained_runs,
     for source in (fold0, fold0 / "model.pth"):  # the run, or its weights file: the run's config decides
         leak = cfg_for(synth_data[0], tmp_path, fold=1, init_from=str(source))
         with pytest.raises(ConfigError, match=r"fine-tuned with fold 0 held out, .* validation fold 1 \(a leak\)"):
-            init_from(build_model(leak, 1), leak)
+            init_from(model_for(leak), leak)
     split = cfg_for(synth_data[0], tmp_path, fold=0, n_folds=5, init_from=str(fold0))
     with pytest.raises(ConfigError, match="fine-tuned on another fold split"):
-        init_from(build_model(split, 1), split)
+        init_from(model_for(split), split)
 
 
 def test_init_from_a_weights_file_reports_the_share_loaded(synth_data, trained_runs, tmp_path):
@@ -189,16 +194,16 @@ def test_init_from_a_weights_file_reports_the_share_loaded(synth_data, trained_r
     backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     torch.save(backbone, tmp_path / "timm.pth")  # a bare timm state dict
     cfg = cfg_for(synth_data[0], tmp_path, fold=2, init_from=str(tmp_path / "timm.pth"))
-    result = init_from(build_model(cfg, 1), cfg)
+    result = init_from(model_for(cfg), cfg)
     assert result.loaded == len([k for k in keys if k.startswith("backbone.")]) and result.total == len(keys)
     cfg = cfg_for(synth_data[0], tmp_path, fold=2, init_from=str(tmp_path / "third.pth"))
     with pytest.raises(ConfigError, match=rf"only {len(keys) // 3} of the model's {len(keys)} tensors match \(33%\)"):
-        init_from(build_model(cfg, 1), cfg)
+        init_from(model_for(cfg), cfg)
     cfg = cfg_for(synth_data[0], tmp_path, fold=2, init_from=str(tmp_path / "third.pth"), init_min_share=0.3)
-    assert init_from(build_model(cfg, 1), cfg).loaded == len(keys) // 3
+    assert init_from(model_for(cfg), cfg).loaded == len(keys) // 3
     cfg = cfg_for(synth_data[0], tmp_path, init_from=str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match="not found"):
-        init_from(build_model(cfg, 1), cfg)
+        init_from(model_for(cfg), cfg)
 
 
 class _Interrupt(Callback):

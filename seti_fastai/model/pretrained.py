@@ -158,7 +158,9 @@ def _load_file(name: str, path: Path, kwargs: dict) -> nn.Module:
     """`name` with the weights of a local file; a file of another architecture is one clear error."""
     state = read_state_dict(path)
     given = set(state)
-    try:  # timm sums the RGB kernels of the first conv for in_chans=1 and drops a mismatched classifier
+    # timm adapts the first conv's RGB kernels to in_chans (1: summed; 2: repeated, scaled) and drops a mismatched
+    # classifier
+    try:
         model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(state_dict=state), **kwargs)
     except RuntimeError as e:
         mismatch = re.search(r"size mismatch for ([\w.]+)", str(e))
