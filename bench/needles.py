@@ -51,11 +51,15 @@ ROWS: dict[str, tuple[str, dict]] = {  # run name -> (table label, config fields
         "+ subtraction and the de-Doppler map input (`--background subtract --layout dedoppler`)",
         dict(background="subtract", layout="dedoppler"),
     ),
-    "ddmap-raw": ("+ the de-Doppler map input, no subtraction (`--background none --layout dedoppler`)",
-                  dict(layout="dedoppler")),
-    "subdiff": ("+ subtraction and ON-minus-OFF (`--background subtract --layout diff`)",
-                dict(background="subtract", layout="diff")),
-}  # fmt: skip
+    "ddmap-raw": (
+        "+ the de-Doppler map input, no subtraction (`--background none --layout dedoppler`)",
+        dict(layout="dedoppler"),
+    ),
+    "subdiff": (
+        "+ subtraction and ON-minus-OFF (`--background subtract --layout diff`)",
+        dict(background="subtract", layout="diff"),
+    ),
+}
 
 
 def _number(value: str) -> str | float:

@@ -117,12 +117,8 @@ def test_predict_applies_each_runs_own_calibration(synth_data, run_copies):
 
     kaggle = KaggleData(root)
     ids = kaggle.read_labels("test")["id"].tolist()
-    x = torch.stack(
-        [
-            torch.from_numpy(read_run(run_copies[0]).image.to_image(load_cadence(kaggle.cadence_path("test", i))))
-            for i in ids
-        ]
-    )
+    image = read_run(run_copies[0]).image  # the runs' own image recipe
+    x = torch.stack([torch.from_numpy(image.to_image(load_cadence(kaggle.cadence_path("test", i)))) for i in ids])
     per_run = []
     for run in run_copies:
         _, model = load_run(run)

@@ -42,9 +42,8 @@ def test_flip_tta_is_the_mean_of_explicitly_flipped_predictions(synth_data, trai
     _, model = load_run(run)
     kaggle = KaggleData(root)
     ids = kaggle.read_labels("test")["id"].tolist()
-    x = torch.stack(
-        [torch.from_numpy(read_run(run).image.to_image(load_cadence(kaggle.cadence_path("test", i)))) for i in ids]
-    )
+    image = read_run(run).image  # the run's own image recipe
+    x = torch.stack([torch.from_numpy(image.to_image(load_cadence(kaggle.cadence_path("test", i)))) for i in ids])
     with torch.no_grad():
         views = [x, x.flip(-1)]  # the frequency flip training used; training never flips time
         expected = np.mean([torch.sigmoid(log_odds(model(v))).numpy() for v in views], axis=0)

@@ -142,9 +142,8 @@ def check_compiled_run(data, out) -> None:
     torch._dynamo.reset()
     state = load_weights(out / "exp" / "fold0" / "model.pth")
     assert not any("_orig_mod" in k for k in state) and 0.0 <= metrics["oof_auc"] <= 1.0
-    build_model(cfg, ImageRecipe.from_config(cfg).in_chans).load_state_dict(
-        state
-    )  # strict: inference loads it as any other run
+    in_chans = ImageRecipe.from_config(cfg).in_chans
+    build_model(cfg, in_chans).load_state_dict(state)  # strict: inference loads it as any other run
 
 
 def test_compile_traces_the_model_and_saves_plain_names(monkeypatch, synth_data, tmp_path):

@@ -328,7 +328,7 @@ def time_medians(panels_by_channel: np.ndarray) -> np.ndarray:
 
 
 def channel_medians(cadence: np.ndarray) -> np.ndarray:
-    """Median over time of every panel's channels, shape (P, 1, F), the same values as `np.median(axis=1)` about six
-    times as fast (`time_medians` on a transposed copy)."""
+    """Median over time of every panel's channels, shape (P, 1, F), the same values as `np.median(axis=1)` about 2.6
+    times as fast on a (6, 273, 256) cadence (`time_medians` on a transposed copy)."""
     x = np.ascontiguousarray(cadence.transpose(0, 2, 1), dtype=np.float32)
     return time_medians(x)[:, None, :]
